@@ -1,0 +1,134 @@
+"""``ACmix``: the module holds the parameters and delegates to :func:`acmix.ops.acmix`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.common import ACmixWeights, shift_kernel
+from ..ops.config import ACmixConfig, Combination, ShiftMode
+from ..ops.functional import Backend, acmix
+
+__all__ = ["ACmix"]
+
+
+class ACmix(nn.Module):
+    """The ResNet-form ACmix layer of Pan et al., CVPR 2022 (SPEC section 1).
+
+    Parameter names follow the authors' layer (``conv1``/``conv2``/``conv3`` for
+    q/k/v, ``conv_p``, ``fc``, ``dep_conv``, ``rate1``, ``rate2``), so their state
+    dicts load strictly into the default configuration.  Modules that a
+    configuration does not use are absent, and so are their keys.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_att: odd attention window size.  heads: attention heads
+            (``out_channels % heads == 0``).  kernel_conv: odd kernel of the
+            convolution path.  stride: query subsampling; output is
+            ``(H - 1) // stride + 1``.  dilation: of the attention window.
+        position_encoding: the relative position term of the attention logits.
+        conv_bias: give ``dep_conv`` a bias (the authors' checkpoints have none).
+        combination: learned rates (default), fixed rates, attention only or
+            convolution only (Tab. 6).  rates: initial (or fixed) ``(rate1, rate2)``.
+        shift: the convolution path's shift implementation (Tab. 7).
+        backend: force an implementation (default: the dispatcher chooses).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_att: int = 7, heads: int = 4,
+                 kernel_conv: int = 3, stride: int = 1, dilation: int = 1,
+                 position_encoding: bool = True, conv_bias: bool = False,
+                 combination: Combination | str = Combination.LEARNED,
+                 rates: tuple[float, float] = (0.5, 0.5),
+                 shift: ShiftMode | str = ShiftMode.GROUPED,
+                 backend: Backend | str | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        cfg = ACmixConfig(in_channels, out_channels, heads=heads, kernel_att=kernel_att,
+                          kernel_conv=kernel_conv, stride=stride, dilation=dilation,
+                          position_encoding=position_encoding, combination=combination, shift=shift)
+        if len(rates) != 2:
+            raise ValueError(f"rates must be a pair (rate1, rate2), got {rates!r}")
+        self.config = cfg
+        self.backend = backend
+        self.rates = tuple(float(r) for r in rates)
+        dd = {"device": device, "dtype": dtype}
+        kc2 = cfg.kernel_conv**2
+
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 1, **dd)
+        self.conv2 = nn.Conv2d(in_channels, out_channels, 1, **dd)
+        self.conv3 = nn.Conv2d(in_channels, out_channels, 1, **dd)
+        if cfg.has_attention and position_encoding:
+            self.conv_p = nn.Conv2d(2, cfg.head_dim, 1, **dd)
+        if cfg.has_conv:
+            self.fc = nn.Conv2d(3 * heads, kc2, 1, bias=False, **dd)
+            shape = (cfg.head_dim, kc2, kernel_conv, kernel_conv)
+            if cfg.shift is ShiftMode.GROUPED:
+                self.dep_conv = nn.Conv2d(kc2 * cfg.head_dim, out_channels, kernel_conv,
+                                          stride=stride, padding=kernel_conv // 2,
+                                          groups=cfg.head_dim, bias=conv_bias, **dd)
+            elif cfg.shift is ShiftMode.LEARNABLE:
+                self.shift_weight = nn.Parameter(torch.empty(shape, **dd))
+            elif cfg.shift is ShiftMode.FIXED:
+                self.register_buffer("shift_weight", torch.empty(shape, **dd))
+            if conv_bias and cfg.shift is not ShiftMode.GROUPED:
+                self.shift_bias = nn.Parameter(torch.empty(out_channels, **dd))
+        if cfg.has_attention and cfg.has_conv:
+            if cfg.combination is Combination.LEARNED:
+                self.rate1 = nn.Parameter(torch.empty(1, **dd))
+                self.rate2 = nn.Parameter(torch.empty(1, **dd))
+            else:
+                self.register_buffer("rate1", torch.empty(1, **dd))
+                self.register_buffer("rate2", torch.empty(1, **dd))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Default init of the 1x1 convs, shift init of the convolution path, rates."""
+        for name in ("conv1", "conv2", "conv3", "conv_p", "fc"):
+            if hasattr(self, name):
+                getattr(self, name).reset_parameters()
+        kc = self.config.kernel_conv
+        conv_w = self.conv_weight
+        if conv_w is not None:
+            conv_w.copy_(shift_kernel(kc, device=conv_w.device, dtype=conv_w.dtype).expand_as(conv_w))
+        bias = self.conv_bias
+        if bias is not None:
+            bias.zero_()
+        if hasattr(self, "rate1"):
+            self.rate1.fill_(self.rates[0])
+            self.rate2.fill_(self.rates[1])
+
+    @property
+    def conv_weight(self) -> Tensor | None:
+        if hasattr(self, "dep_conv"):
+            return self.dep_conv.weight
+        return getattr(self, "shift_weight", None)
+
+    @property
+    def conv_bias(self) -> Tensor | None:
+        if hasattr(self, "dep_conv"):
+            return self.dep_conv.bias
+        return getattr(self, "shift_bias", None)
+
+    def weights(self) -> ACmixWeights:
+        """The layer's tensors in the functional op's layout."""
+        conv_p = getattr(self, "conv_p", None)
+        fc = getattr(self, "fc", None)
+        return ACmixWeights(
+            self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias,
+            self.conv3.weight, self.conv3.bias,
+            pe_weight=None if conv_p is None else conv_p.weight,
+            pe_bias=None if conv_p is None else conv_p.bias,
+            fc_weight=None if fc is None else fc.weight,
+            conv_weight=self.conv_weight, conv_bias=self.conv_bias,
+            rate_att=getattr(self, "rate1", None), rate_conv=getattr(self, "rate2", None))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return acmix(x, self.weights(), self.config, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"{c.in_channels}, {c.out_channels}, kernel_att={c.kernel_att}, heads={c.heads}, "
+                f"kernel_conv={c.kernel_conv}, stride={c.stride}, dilation={c.dilation}, "
+                f"position_encoding={c.position_encoding}, combination={c.combination.value}, "
+                f"shift={c.shift.value}")

@@ -1,0 +1,23 @@
+"""Functional ACmix: the op, its reference, and shared pieces."""
+
+from .common import ACmixWeights, position_grid, reflect_index, shift_kernel
+from .config import ACmixConfig, Combination, ShiftMode
+from .functional import Backend, acmix, resolve_backend, use_backend
+from .reference import acmix_reference
+from .unfold import acmix_unfold
+
+__all__ = [
+    "ACmixConfig",
+    "ACmixWeights",
+    "Backend",
+    "Combination",
+    "ShiftMode",
+    "acmix",
+    "acmix_reference",
+    "acmix_unfold",
+    "position_grid",
+    "reflect_index",
+    "resolve_backend",
+    "shift_kernel",
+    "use_backend",
+]

@@ -1,0 +1,128 @@
+"""Pieces shared by the reference and the fast paths: weights, grids, checks."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .config import ACmixConfig, ShiftMode
+
+__all__ = [
+    "ACmixWeights",
+    "check_input",
+    "check_weights",
+    "position_grid",
+    "reflect_index",
+    "shift_kernel",
+]
+
+
+class ACmixWeights(NamedTuple):
+    """The tensors of one ACmix layer, in the authors' layout.
+
+    ``q/k/v_weight`` are ``(C_out, C_in, 1, 1)`` (the authors' ``conv1..3``);
+    ``pe_weight`` ``(head_dim, 2, 1, 1)`` (``conv_p``, ``None`` without position
+    encoding); ``fc_weight`` ``(k_conv**2, 3 * heads, 1, 1)``; ``conv_weight``
+    ``(C_out, k_conv**2, k_conv, k_conv)`` for the grouped shift mode,
+    ``(head_dim, k_conv**2, k_conv, k_conv)`` for the fixed and learnable modes
+    and ``None`` for tensor shifts; ``rate_att``/``rate_conv`` are ``(1,)``.
+    """
+
+    q_weight: Tensor
+    q_bias: Tensor | None
+    k_weight: Tensor
+    k_bias: Tensor | None
+    v_weight: Tensor
+    v_bias: Tensor | None
+    pe_weight: Tensor | None = None
+    pe_bias: Tensor | None = None
+    fc_weight: Tensor | None = None
+    conv_weight: Tensor | None = None
+    conv_bias: Tensor | None = None
+    rate_att: Tensor | None = None
+    rate_conv: Tensor | None = None
+
+
+def position_grid(height: int, width: int, *, device: torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """The 2-channel location map ``(1, 2, H, W)``: channel 0 is x, channel 1 is y.
+
+    Both run evenly from -1 to 1 (a single row or column sits at -1, as
+    ``linspace(-1, 1, 1)`` does).  Built with ``arange`` rather than
+    ``linspace`` so that an exported graph keeps H and W symbolic.
+    """
+    def axis(n: int) -> Tensor:
+        step = 2.0 / max(n - 1, 1)
+        return torch.arange(n, device=device, dtype=dtype) * step - 1.0
+
+    xs = axis(width).view(1, width).expand(height, width)
+    ys = axis(height).view(height, 1).expand(height, width)
+    return torch.stack([xs, ys]).unsqueeze(0)
+
+
+def reflect_index(size: int, pad: int, *, device: torch.device | None = None) -> Tensor:
+    """Source index of every position of a ``size + 2 * pad`` reflect-padded axis.
+
+    Where ``pad < size`` this is exactly ``ReflectionPad``.  Where the map is too
+    small for that, the reflection is iterated (the axis is mirrored back and
+    forth with period ``2 * (size - 1)``), and a single-pixel axis repeats its
+    pixel.  This is the layer's defined semantics for tiny feature maps.
+    """
+    pos = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(pos)
+    period = 2 * (size - 1)
+    pos = pos.remainder(period)
+    return torch.where(pos >= size, period - pos, pos)
+
+
+def shift_kernel(kernel: int, *, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> Tensor:
+    """The ``(k*k, k, k)`` one-hot kernels: kernel ``t`` picks offset ``(t // k, t % k)``."""
+    eye = torch.eye(kernel * kernel, device=device, dtype=dtype)
+    return eye.view(kernel * kernel, kernel, kernel)
+
+
+def check_input(x: Tensor, cfg: ACmixConfig) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != cfg.in_channels:
+        raise ValueError(
+            f"x has {x.shape[1]} channels, the layer expects in_channels={cfg.in_channels}"
+        )
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+
+
+def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:
+    if t is None:
+        raise ValueError(f"{name} is required by this configuration")
+    if tuple(t.shape) != want:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want}")
+
+
+def check_weights(w: ACmixWeights, cfg: ACmixConfig) -> None:
+    """Shape checks, so that a wrong tensor fails here and not deep in torch."""
+    co, ci, hd, kc = cfg.out_channels, cfg.in_channels, cfg.head_dim, cfg.kernel_conv
+    for name in ("q", "k", "v"):
+        _shape(getattr(w, f"{name}_weight"), (co, ci, 1, 1), f"{name}_weight")
+        bias = getattr(w, f"{name}_bias")
+        if bias is not None:
+            _shape(bias, (co,), f"{name}_bias")
+    if cfg.has_attention and cfg.position_encoding:
+        _shape(w.pe_weight, (hd, 2, 1, 1), "pe_weight")
+    if cfg.has_conv:
+        _shape(w.fc_weight, (kc * kc, 3 * cfg.heads, 1, 1), "fc_weight")
+        if cfg.shift is ShiftMode.GROUPED:
+            _shape(w.conv_weight, (co, kc * kc, kc, kc), "conv_weight")
+        elif cfg.shift is not ShiftMode.TENSOR:
+            _shape(w.conv_weight, (hd, kc * kc, kc, kc), "conv_weight")
+        if w.conv_bias is not None:
+            _shape(w.conv_bias, (co,), "conv_bias")
+    if cfg.has_attention and cfg.has_conv:
+        _shape(w.rate_att, (1,), "rate_att")
+        _shape(w.rate_conv, (1,), "rate_conv")
