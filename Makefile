@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(PY) -m acmix.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -105,7 +105,7 @@ def test_single_path_modes_equal_their_path():
     w, cfg = full.weights(), full.config
     for mode, path in (("attention", attention_path_reference), ("conv", conv_path_reference)):
         single = ACmix(5, 8, stride=2, combination=mode, dtype=torch.float64)
-        missing, unexpected = single.load_state_dict(full.state_dict(), strict=False)
+        missing, _ = single.load_state_dict(full.state_dict(), strict=False)
         assert not missing
         torch.testing.assert_close(single(x), path(q, k, v, w, cfg), rtol=1e-12, atol=1e-12)
 

@@ -126,6 +126,18 @@ class ACmix(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return acmix(x, self.weights(), self.config, backend=self.backend)
 
+    def uncounted_macs(self, inputs: tuple[Tensor, ...], output: Tensor) -> int:
+        """MACs that FLOP counters miss: the window logits and the weighted sum of values.
+
+        Per output pixel and channel, ``kernel_att**2`` for ``q . k`` and as many for
+        ``softmax . v`` (the position term adds 2 channels per head, not counted, as
+        in the paper's tables).  See :func:`acmix.analysis.count_macs`.
+        """
+        if not self.config.has_attention:
+            return 0
+        b, c, h, w = output.shape
+        return 2 * self.config.kernel_att**2 * b * c * h * w
+
     def extra_repr(self) -> str:
         c = self.config
         return (f"{c.in_channels}, {c.out_channels}, kernel_att={c.kernel_att}, heads={c.heads}, "

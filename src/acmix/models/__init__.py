@@ -1,0 +1,4 @@
+"""The ACmix model family, registered in timm's registry on ``import acmix``.
+
+One file per family (``acmix_<family>.py``); importing it registers its models.
+"""
