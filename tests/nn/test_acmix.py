@@ -255,3 +255,23 @@ def test_bad_inputs():
 def test_reference_backend_forced():
     layer = ACmix(4, 8, backend=Backend.REFERENCE)
     assert layer(torch.randn(1, 4, 5, 5)).shape == (1, 8, 5, 5)
+
+
+def test_shift_conv_with_fc_bias_matches_brute_force():
+    from acmix.ops import shift_conv
+    g = torch.Generator().manual_seed(0)
+    b, p, d, h, w, kc, out_ch = 2, 6, 3, 5, 6, 3, 6
+    pieces = torch.randn(b, p, d, h, w, generator=g, dtype=torch.float64)
+    fc_w = torch.randn(kc * kc, p, 1, 1, generator=g, dtype=torch.float64)
+    fc_b = torch.randn(kc * kc, generator=g, dtype=torch.float64)
+    conv_w = torch.randn(out_ch, kc * kc, kc, kc, generator=g, dtype=torch.float64)
+    out = shift_conv(pieces, fc_w, conv_w, kernel_conv=kc, out_channels=out_ch, fc_bias=fc_b)
+    f = torch.einsum("tp,bpdhw->bdthw", fc_w[:, :, 0, 0], pieces) + fc_b.view(1, 1, -1, 1, 1)
+    fp = F.pad(f, [1, 1, 1, 1])
+    expect = torch.zeros(b, out_ch, h, w, dtype=torch.float64)
+    for o in range(out_ch):
+        for t in range(kc * kc):
+            for u in range(kc):
+                for v in range(kc):
+                    expect[:, o] += conv_w[o, t, u, v] * fp[:, o // (out_ch // d), t, u:u + h, v:v + w]
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)

@@ -2,7 +2,7 @@
 
 from .common import ACmixWeights, position_grid, reflect_index, shift_kernel
 from .config import ACmixConfig, Combination, ShiftMode
-from .functional import Backend, acmix, resolve_backend, use_backend
+from .functional import Backend, acmix, resolve_backend, shift_conv, use_backend
 from .reference import acmix_reference
 from .unfold import acmix_unfold
 
@@ -18,6 +18,7 @@ __all__ = [
     "position_grid",
     "reflect_index",
     "resolve_backend",
+    "shift_conv",
     "shift_kernel",
     "use_backend",
 ]

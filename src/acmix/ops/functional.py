@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from torch import Tensor
 
 from .common import ACmixWeights
-from .config import ACmixConfig
-from .reference import acmix_reference
+from .config import ACmixConfig, ShiftMode
+from .reference import acmix_reference, shift_conv_reference
 
-__all__ = ["Backend", "acmix", "resolve_backend", "use_backend"]
+__all__ = ["Backend", "acmix", "resolve_backend", "shift_conv", "use_backend"]
 
 
 class Backend(enum.Enum):
@@ -68,3 +68,16 @@ def acmix(x: Tensor, weights: ACmixWeights, config: ACmixConfig, *,
     """ACmix forward ``(B, C_in, H, W) -> (B, C_out, (H-1)//s+1, (W-1)//s+1)``."""
     resolve_backend(x, config, backend)
     return acmix_reference(x, weights, config)
+
+
+def shift_conv(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | None,
+               conv_bias: Tensor | None = None, *, kernel_conv: int, out_channels: int,
+               stride: int = 1, shift: ShiftMode = ShiftMode.GROUPED,
+               fc_bias: Tensor | None = None) -> Tensor:
+    """ACmix's convolution path on ``(B, P, D, H, W)`` feature pieces -> ``(B, C_out, Ho, Wo)``.
+
+    Shared by every family (ResNet's q/k/v of each head, SAN's six C/16 pieces,
+    Swin's qkv with an ``fc`` bias, PVT's full-resolution q with upsampled k, v).
+    """
+    return shift_conv_reference(pieces, fc_weight, conv_weight, conv_bias, kernel_conv=kernel_conv,
+                                out_channels=out_channels, stride=stride, shift=shift, fc_bias=fc_bias)

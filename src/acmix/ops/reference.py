@@ -16,7 +16,7 @@ from torch import Tensor
 from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_index
 from .config import ACmixConfig, ShiftMode
 
-__all__ = ["acmix_reference", "attention_path_reference", "conv_path_reference"]
+__all__ = ["acmix_reference", "attention_path_reference", "conv_path_reference", "shift_conv_reference"]
 
 
 def _pad_reflect(t: Tensor, pad: int) -> Tensor:
@@ -58,31 +58,48 @@ def attention_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
     return out.reshape(b, heads * hd, ho, wo)
 
 
+def shift_conv_reference(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | None,
+                         conv_bias: Tensor | None = None, *, kernel_conv: int, out_channels: int,
+                         stride: int = 1, shift: ShiftMode = ShiftMode.GROUPED,
+                         fc_bias: Tensor | None = None) -> Tensor:
+    """The convolution path on ``P`` feature pieces of ``D`` channels each.
+
+    ``pieces`` is ``(B, P, D, H, W)``.  ``fc`` (``(k^2, P, 1, 1)``, optional bias)
+    mixes the pieces per channel index; the result is reordered to channel
+    ``d * k^2 + t`` and shifted and summed (``shift`` mode, zero padding, the
+    output channel ``o`` reading group ``o // (out_channels / D)``).
+    """
+    b, p, d, h, wd = pieces.shape
+    kc = kernel_conv
+    f = torch.einsum("tp,bpdhw->bdthw", fc_weight.reshape(kc * kc, p), pieces)
+    if fc_bias is not None:
+        f = f + fc_bias.view(1, 1, kc * kc, 1, 1)
+    f = f.reshape(b, d * kc * kc, h, wd)  # channel d*k^2 + t
+
+    if shift is ShiftMode.GROUPED:
+        out = F.conv2d(f, conv_weight, None, stride=stride, padding=kc // 2, groups=d)
+    else:
+        if shift is ShiftMode.TENSOR:
+            fp = F.pad(f, [kc // 2] * 4).reshape(b, d, kc * kc, h + kc - 1, wd + kc - 1)
+            out = sum(fp[:, :, t, t // kc:t // kc + h, t % kc:t % kc + wd]
+                      for t in range(kc * kc))[..., ::stride, ::stride]
+        else:
+            out = F.conv2d(f, conv_weight, None, stride=stride, padding=kc // 2, groups=d)
+        # output channel o belongs to group o // (C_out / D), as in the grouped conv
+        out = out.repeat_interleave(out_channels // d, dim=1)
+    if conv_bias is not None:
+        out = out + conv_bias.view(1, -1, 1, 1)
+    return out
+
+
 def conv_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
                         cfg: ACmixConfig) -> Tensor:
-    """The convolution path: ``fc`` over the 3*heads pieces, then shift and sum."""
+    """The convolution path: ``fc`` over the 3*heads pieces (q, k, v of every head)."""
     b, _, h, wd = q.shape
-    heads, hd, kc, s = cfg.heads, cfg.head_dim, cfg.kernel_conv, cfg.stride
-    ho, wo = cfg.output_size(h, wd)
-    pieces = torch.cat([t.reshape(b, heads, hd, h * wd) for t in (q, k, v)], 1)
-    f = torch.einsum("tp,bpdn->btdn", w.fc_weight.reshape(kc * kc, 3 * heads), pieces)
-    f = f.permute(0, 2, 1, 3).reshape(b, hd * kc * kc, h, wd)  # channel d*k^2 + t
-
-    if cfg.shift is ShiftMode.GROUPED:
-        out = F.conv2d(f, w.conv_weight, None, stride=s, padding=kc // 2, groups=hd)
-    else:
-        if cfg.shift is ShiftMode.TENSOR:
-            fp = F.pad(f, [kc // 2] * 4).reshape(b, hd, kc * kc, h + kc - 1, wd + kc - 1)
-            out = sum(fp[:, :, t, t // kc:t // kc + h, t % kc:t % kc + wd]
-                      for t in range(kc * kc))[..., ::s, ::s]
-        else:
-            out = F.conv2d(f, w.conv_weight, None, stride=s, padding=kc // 2, groups=hd)
-        # output channel o belongs to group o // (C_out / head_dim), as in the grouped conv
-        out = out.repeat_interleave(cfg.out_channels // hd, dim=1)
-    if w.conv_bias is not None:
-        out = out + w.conv_bias.view(1, -1, 1, 1)
-    assert out.shape[-2:] == (ho, wo)
-    return out
+    pieces = torch.cat([t.reshape(b, cfg.heads, cfg.head_dim, h, wd) for t in (q, k, v)], 1)
+    return shift_conv_reference(pieces, w.fc_weight, w.conv_weight, w.conv_bias,
+                                kernel_conv=cfg.kernel_conv, out_channels=cfg.out_channels,
+                                stride=cfg.stride, shift=cfg.shift)
 
 
 def acmix_reference(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Tensor:
