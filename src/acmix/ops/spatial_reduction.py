@@ -62,7 +62,7 @@ def _check(x: Tensor, size: tuple[int, int], w: SRAWeights, heads: int, sr_ratio
     if not isinstance(x, Tensor) or x.dim() != 3:
         raise ValueError(f"x must be a 3-D tensor (B, N, C), got {getattr(x, 'shape', type(x))}")
     h, wd = size
-    b, n, c = x.shape
+    _, n, c = x.shape
     if h <= 0 or wd <= 0 or n < h * wd:
         raise ValueError(f"size={tuple(size)} does not fit x with N={n} tokens")
     if c % heads:
@@ -96,7 +96,7 @@ def sra_project(x: Tensor, size: tuple[int, int], w: SRAWeights, *, heads: int, 
     ``M = floor(H/R) * floor(W/R)`` for ``R > 1`` (row-major over the reduced map), else ``N``.
     """
     _check(x, size, w, heads, sr_ratio)
-    b, n, c = x.shape
+    b, _, c = x.shape
     q = F.linear(x, w.q_weight, w.q_bias)
     if sr_ratio > 1:
         xr = x.transpose(1, 2).reshape(b, c, size[0], size[1])
