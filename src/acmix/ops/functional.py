@@ -1,8 +1,15 @@
 """``acmix()``: the functional ACmix op and the one dispatcher over its implementations.
 
-The reference (``reference.py``) is always available and is what every other
-path is tested against.  ``backend`` picks an implementation per call; the
-:func:`use_backend` context manager sets the default for a block of code.
+* ``REFERENCE`` (``reference.py``): slow and obvious, always available; every
+  other path is tested against it.
+* ``EAGER`` (``fast.py``): the exact rewrites in plain PyTorch ops; any device.
+* ``COMPILED``: the same, with the window attention on the C++ CPU kernel
+  (``native.py``, built on first use with the machine's compiler).
+* ``AUTO`` (default): ``COMPILED`` for float32/float64 CPU tensors where the
+  kernel builds, else ``EAGER``; ``EAGER`` while exporting to ONNX.
+
+``backend`` picks an implementation per call; :func:`use_backend` sets the
+default for a block of code (this thread).
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ import enum
 import threading
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 
+from . import native
 from .common import ACmixWeights
 from .config import ACmixConfig, ShiftMode
+from .fast import acmix_fast, shift_conv_fast
 from .reference import acmix_reference, shift_conv_reference
 
 __all__ = ["Backend", "acmix", "resolve_backend", "shift_conv", "use_backend"]
@@ -24,6 +34,8 @@ __all__ = ["Backend", "acmix", "resolve_backend", "shift_conv", "use_backend"]
 class Backend(enum.Enum):
     AUTO = "auto"
     REFERENCE = "reference"
+    EAGER = "eager"
+    COMPILED = "compiled"
 
 
 _state = threading.local()
@@ -55,19 +67,37 @@ def _as_backend(backend: Backend | str) -> Backend:
         raise ValueError(f"backend={backend!r} is not one of {choices}") from None
 
 
-def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None = None) -> Backend:
+def _compiled_fits(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _exporting()
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def resolve_backend(x: Tensor, cfg: ACmixConfig | None = None, backend: Backend | str | None = None) -> Backend:
     """The implementation a call with this input would use."""
     chosen = _as_backend(backend) if backend is not None else _default()
     if chosen is Backend.AUTO:
-        return Backend.REFERENCE
+        if cfg is not None and not cfg.has_attention:
+            return Backend.EAGER  # the compiled kernel is attention only
+        return Backend.COMPILED if _compiled_fits(x) and native.available() else Backend.EAGER
+    if chosen is Backend.COMPILED:
+        if not _compiled_fits(x):
+            raise ValueError(f"backend='compiled' runs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+        if not native.available():
+            raise RuntimeError("backend='compiled' requested but the C++ kernel could not be built; "
+                               "use backend='eager'")
     return chosen
 
 
 def acmix(x: Tensor, weights: ACmixWeights, config: ACmixConfig, *,
           backend: Backend | str | None = None) -> Tensor:
     """ACmix forward ``(B, C_in, H, W) -> (B, C_out, (H-1)//s+1, (W-1)//s+1)``."""
-    resolve_backend(x, config, backend)
-    return acmix_reference(x, weights, config)
+    chosen = resolve_backend(x, config, backend)
+    if chosen is Backend.REFERENCE:
+        return acmix_reference(x, weights, config)
+    return acmix_fast(x, weights, config, compiled=chosen is Backend.COMPILED)
 
 
 def shift_conv(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | None,
@@ -79,5 +109,6 @@ def shift_conv(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | None,
     Shared by every family (ResNet's q/k/v of each head, SAN's six C/16 pieces,
     Swin's qkv with an ``fc`` bias, PVT's full-resolution q with upsampled k, v).
     """
-    return shift_conv_reference(pieces, fc_weight, conv_weight, conv_bias, kernel_conv=kernel_conv,
-                                out_channels=out_channels, stride=stride, shift=shift, fc_bias=fc_bias)
+    impl = shift_conv_reference if _default() is Backend.REFERENCE else shift_conv_fast
+    return impl(pieces, fc_weight, conv_weight, conv_bias, kernel_conv=kernel_conv, out_channels=out_channels,
+                stride=stride, shift=shift, fc_bias=fc_bias)

@@ -1,0 +1,201 @@
+"""Fast exact ACmix: the rewrites of SPEC section 2, shared by the eager and compiled paths.
+
+* Stage I is one GEMM (rewrite 4) whose output channels are ordered
+  ``(d, piece)`` -- ``d`` the channel within a head, ``piece = which*heads + head``
+  for ``which`` in q, k, v.  That is exactly the input layout of the convolution
+  path's group convolution, so no permute copy is needed there; the attention
+  path reads q, k, v of each head as strided views.
+* The convolution path folds ``fc`` into the group convolution (rewrite 3):
+  ``W'[o, p] = sum_t W[o, t] fc[t, p]``, one group conv with ``3*heads`` inputs
+  per group.  An ``fc`` bias (Swin) is carried exactly by convolving a map of
+  ones, since the zero padding does not carry it.
+* The attention path drops the position term's constant part (rewrite 1):
+  ``logit = scale * q.k_j - r.loc_j`` with ``r = W_p^T (scale q)``; ``conv_p``'s
+  bias cancels.  The window attention itself runs on the compiled CPU kernel
+  (``native.py``) or, eagerly, as dense attention: over the whole map with a
+  ``log(multiplicity)`` bias on small maps, or over b x b query tiles and their
+  reflect-padded halo with one shared mask (rewrite 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import native
+from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_index, shift_kernel
+from .config import ACmixConfig, ShiftMode
+
+__all__ = ["acmix_fast", "attention_eager", "shift_conv_fast"]
+
+TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPEC section 2)
+GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
+
+
+def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, out_channels: int, kernel: int,
+                      like: Tensor) -> Tensor:
+    """The ``(C_out, k^2, k, k)`` group-conv kernel every shift mode amounts to."""
+    if shift is ShiftMode.TENSOR:
+        d = like.shape[0]
+        conv_weight = shift_kernel(kernel, device=like.device, dtype=like.dtype).expand(d, -1, -1, -1)
+    if shift is not ShiftMode.GROUPED:
+        conv_weight = conv_weight.repeat_interleave(out_channels // conv_weight.shape[0], dim=0)
+    return conv_weight
+
+
+def _folded_conv(inp: Tensor, fc_weight: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+                 fc_bias: Tensor | None, *, kernel: int, stride: int, groups: int) -> Tensor:
+    """fc then shift conv as one group conv; ``inp`` channels are ordered ``(d, piece)``."""
+    k2 = kernel * kernel
+    fc = fc_weight.reshape(k2, -1).to(conv_weight.dtype)
+    folded = torch.einsum("otuv,tp->opuv", conv_weight, fc).to(inp.dtype)
+    out = F.conv2d(inp, folded, conv_bias, stride=stride, padding=kernel // 2, groups=groups)
+    if fc_bias is not None:
+        bias_kernel = torch.einsum("otuv,t->ouv", conv_weight, fc_bias.to(conv_weight.dtype)).unsqueeze(1)
+        ones = inp.new_ones(1, 1, inp.shape[-2], inp.shape[-1])
+        out = out + F.conv2d(ones, bias_kernel.to(inp.dtype), stride=stride, padding=kernel // 2)
+    return out
+
+
+def shift_conv_fast(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | None,
+                    conv_bias: Tensor | None = None, *, kernel_conv: int, out_channels: int, stride: int = 1,
+                    shift: ShiftMode = ShiftMode.GROUPED, fc_bias: Tensor | None = None) -> Tensor:
+    """:func:`acmix.ops.shift_conv` with ``fc`` folded into the group conv."""
+    b, p, d, h, w = pieces.shape
+    weight = _full_conv_weight(conv_weight, shift, out_channels, kernel_conv, like=pieces.new_empty(d))
+    inp = pieces.transpose(1, 2).reshape(b, d * p, h, w)
+    return _folded_conv(inp, fc_weight, weight, conv_bias, fc_bias, kernel=kernel_conv, stride=stride, groups=d)
+
+
+# ---------------------------------------------------------------- eager attention
+
+
+@functools.lru_cache(maxsize=128)
+def _log_multiplicity(h: int, w: int, cfg_key: tuple[int, int, int], device: torch.device,
+                      dtype: torch.dtype) -> Tensor:
+    """``(Ho*Wo, H*W)`` bias: log of how often pixel j sits in query i's padded window, -inf if never."""
+    ka, s, dil = cfg_key
+    pad = dil * (ka - 1) // 2
+
+    def counts(n: int) -> Tensor:
+        idx = reflect_index(n, pad)
+        no = (n - 1) // s + 1
+        rows = torch.arange(no).view(-1, 1) * s + torch.arange(ka).view(1, -1) * dil  # (no, ka)
+        return F.one_hot(idx[rows], n).sum(1).to(torch.float64)  # (no, n)
+
+    ch, cw = counts(h), counts(w)
+    mult = ch[:, None, :, None] * cw[None, :, None, :]
+    bias = mult.log().reshape(ch.shape[0] * cw.shape[0], h * w)
+    return bias.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=128)
+def _tile_mask(tile: int, halo: tuple[int, int], cfg_key: tuple[int, int, int], device: torch.device,
+               dtype: torch.dtype) -> Tensor:
+    """``(tile^2, halo_h*halo_w)`` additive mask: 0 on each query's window inside the halo, -inf elsewhere."""
+    ka, s, dil = cfg_key
+    hh, hw = halo
+    allowed = torch.zeros(tile, tile, hh, hw, dtype=torch.bool)
+    win = torch.arange(ka) * dil
+    for u in range(tile):
+        for v in range(tile):
+            allowed[u, v, (s * u + win).view(-1, 1), (s * v + win).view(1, -1)] = True
+    mask = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, -math.inf)
+    return mask.reshape(tile * tile, hh * hw).to(device=device, dtype=dtype)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev) (scale already in q)."""
+    ev = v.shape[-1]
+    if ev < q.shape[-1]:  # kernels want equal head dims: zero channels change nothing
+        v = F.pad(v, (0, q.shape[-1] - ev))
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=bias,
+                                         scale=1.0)
+    return out.squeeze(1)[..., :ev]
+
+
+def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
+                    stride: int, dilation: int) -> Tensor:
+    """Window attention as dense attention (same contract as :func:`native.local_attention`)."""
+    b, heads, hd, ho, wo = q.shape
+    h, w = k.shape[-2:]
+    n = b * heads
+    q = q * scale
+    if r is not None:
+        loc = position_grid(h, w, device=k.device, dtype=k.dtype).expand(b, heads, 2, h, w)
+        q = torch.cat([q, -r], 2)
+        k = torch.cat([k, loc], 2)
+    e = q.shape[2]
+    key = (kernel, stride, dilation)
+    if ho * wo * h * w <= GLOBAL_MAX:
+        bias = _log_multiplicity(h, w, key, q.device, q.dtype)
+        out = _sdpa(q.reshape(n, e, ho * wo).transpose(1, 2), k.reshape(n, e, h * w).transpose(1, 2),
+                    v.reshape(n, hd, h * w).transpose(1, 2), bias)
+        return out.transpose(1, 2).reshape(b, heads * hd, ho, wo)
+
+    t = TILE
+    pad = dilation * (kernel - 1) // 2
+    th, tw = -(-ho // t), -(-wo // t)
+    halo = stride * (t - 1) + dilation * (kernel - 1) + 1
+    kv = torch.cat([k, v], 2).reshape(n, e + hd, h, w)
+    kv = kv.index_select(2, reflect_index(h, pad, device=k.device))
+    kv = kv.index_select(3, reflect_index(w, pad, device=k.device))
+    need_h, need_w = stride * t * (th - 1) + halo, stride * t * (tw - 1) + halo
+    kv = F.pad(kv, (0, max(need_w - kv.shape[-1], 0), 0, max(need_h - kv.shape[-2], 0)))
+    kv = kv.unfold(2, halo, stride * t).unfold(3, halo, stride * t)  # (n, E+hd, th, tw, halo, halo)
+    kv = kv.permute(0, 2, 3, 4, 5, 1).reshape(n * th * tw, halo * halo, e + hd)
+    qt = F.pad(q.reshape(n, e, ho, wo), (0, tw * t - wo, 0, th * t - ho))
+    qt = qt.reshape(n, e, th, t, tw, t).permute(0, 2, 4, 3, 5, 1).reshape(n * th * tw, t * t, e)
+    mask = _tile_mask(t, (halo, halo), key, q.device, q.dtype)
+    out = _sdpa(qt, kv[..., :e], kv[..., e:], mask)  # (n*th*tw, t*t, hd)
+    out = out.reshape(n, th, tw, t, t, hd).permute(0, 5, 1, 3, 2, 4).reshape(n, hd, th * t, tw * t)
+    return out[..., :ho, :wo].reshape(b, heads * hd, ho, wo)
+
+
+# ---------------------------------------------------------------- the layer
+
+
+def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) -> Tensor:
+    """ACmix forward with the rewrites; ``compiled`` selects the CPU kernel for the window attention."""
+    check_input(x, cfg)
+    check_weights(w, cfg)
+    b, _, h, wd = x.shape
+    heads, hd, c, s = cfg.heads, cfg.head_dim, cfg.out_channels, cfg.stride
+
+    weight = torch.cat([w.q_weight, w.k_weight, w.v_weight])
+    biases = (w.q_bias, w.k_bias, w.v_bias)
+    bias = None
+    if any(t is not None for t in biases):
+        bias = torch.cat([t if t is not None else weight.new_zeros(c) for t in biases])
+    # output channel order (d, which, head): the group conv's input layout
+    weight = weight.reshape(3, heads, hd, -1).permute(2, 0, 1, 3).reshape(3 * c, -1, 1, 1)
+    if bias is not None:
+        bias = bias.reshape(3, heads, hd).permute(2, 0, 1).reshape(3 * c)
+    qkv = F.conv2d(x, weight, bias).contiguous()
+
+    parts = []
+    if cfg.has_attention:
+        q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)
+        qs = q[..., ::s, ::s].contiguous()  # (B, heads, hd, Ho, Wo)
+        scale = hd**-0.5
+        r = None
+        if cfg.position_encoding:
+            r = torch.einsum("dc,bhdij->bhcij", w.pe_weight.reshape(hd, 2).to(qs.dtype), qs) * scale
+            if w.pe_bias is not None:  # it cancels; a zero gradient keeps DDP's every-parameter check happy
+                r = r + 0 * w.pe_bias.sum()
+        args = {"scale": scale, "kernel": cfg.kernel_att, "stride": s, "dilation": cfg.dilation}
+        if compiled and qs.device.type == "cpu" and qs.dtype in (torch.float32, torch.float64):
+            parts.append(native.local_attention(qs, r, k, v, **args))
+        else:
+            parts.append(attention_eager(qs, r, k, v, **args))
+    if cfg.has_conv:
+        conv_w = _full_conv_weight(w.conv_weight, cfg.shift, c, cfg.kernel_conv, like=qkv.new_empty(hd))
+        parts.append(_folded_conv(qkv, w.fc_weight, conv_w, w.conv_bias, None, kernel=cfg.kernel_conv, stride=s,
+                                  groups=hd))
+    if len(parts) == 1:
+        return parts[0]
+    return w.rate_att * parts[0] + w.rate_conv * parts[1]
