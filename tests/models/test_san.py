@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
-import timm
 
 from acmix.models.acmix_san import PAPER_FIGURES, SAM, SAN, checkpoint_filter_fn
 from acmix.ops.patchwise import patchwise_aggregation_reference
