@@ -1,36 +1,39 @@
-"""``python -m acmix.demo``: the ACmix layer at the four ResNet-50 stage shapes.
+"""``python -m acmix.demo`` (``make demo``): train the tiny ACmix net on Fashion-MNIST, test on 10,000 images.
 
-Builds each layer, checks it against the float64 reference on random weights,
-and prints parameters, output shape and the largest float32 deviation.
+The same as ``acmix train --preset fmnist`` (extra flags are passed through,
+e.g. ``--epochs 1``); every epoch ends with an evaluation on the Fashion-MNIST
+test set, and the run ends with the line ``test_top1: <value>``.  Everything is
+written to ``runs/demo/``: ``config.json``, ``metrics.jsonl``/``.csv``/``.png``,
+``last.pth``, ``best.pth`` and ``model.safetensors``.  (The layer showcase that
+used to live here is ``acmix showcase``.)
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 
-import torch
-
-from acmix import ACmix
-from acmix.ops import acmix_reference
-
-STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+from acmix.cli.main import build_parser
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    print(f"{'stage':>5} {'C':>4} {'HxW':>7} {'params':>9} {'out shape':>18} {'max |err|':>10} {'fwd ms':>8}")
-    for i, (c, hw) in enumerate(STAGES, 1):
-        layer = ACmix(c, c)
-        x = torch.randn(1, c, hw, hw)
-        with torch.no_grad():
-            start = time.perf_counter()
-            out = layer(x)
-            ms = (time.perf_counter() - start) * 1e3
-            ref = acmix_reference(x.double(), layer.double().weights(), layer.config).float()
-        err = (out - ref).abs().max().item()
-        params = sum(p.numel() for p in layer.parameters())
-        print(f"{i:>5} {c:>4} {hw:>3}x{hw:<3} {params:>9,} {tuple(out.shape)!s:>18} {err:>10.2e} {ms:>8.1f}")
+def main(argv: Sequence[str] | None = None) -> int:
+    from acmix.train import resolve_config, train
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(["train", "--preset", "fmnist", *argv])
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset", "print_config")}
+    cfg = resolve_config(args.preset, overrides)
+    start = time.perf_counter()
+    result = train(cfg)
+    minutes = (time.perf_counter() - start) / 60
+    if result.interrupted:
+        print(f"demo interrupted ({result.interrupted}); resume with: python -m acmix.demo --resume auto")
+        return 130
+    print(f"training + evaluation: {minutes:.2f} min; outputs in {result.output}/")
+    print(f"test_top1: {result.metrics['top1']:.4f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

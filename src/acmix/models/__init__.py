@@ -2,4 +2,4 @@
 
 One file per family (``acmix_<family>.py``); importing it registers its models.
 """
-from . import acmix_pvt, acmix_san  # noqa: F401
+from . import acmix_pvt, acmix_san, acmix_tiny  # noqa: F401

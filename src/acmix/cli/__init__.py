@@ -1,0 +1,1 @@
+"""The ``acmix`` command line (``acmix train``, ``acmix eval``, ...)."""

@@ -1,0 +1,53 @@
+"""Exact resume: N steps + stop + resume + M steps == N + M steps, bit for bit (CPU, deterministic)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import tiny_config
+
+from acmix.train import train
+from acmix.train.checkpoint import load_checkpoint
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+# 96 images / batch 16 = 6 steps per epoch, 2 epochs = 12 steps; stop after 4 (mid-epoch) or 6 (boundary).
+@pytest.mark.parametrize("stop_at", [4, 6])
+def test_resume_equals_continuous(fmnist_dir: Path, tmp_path: Path, stop_at: int) -> None:
+    over = dict(model_ema=True, model_ema_decay=0.9, drop_path_rate=0.1, clip_grad=1.0)
+    full = train(tiny_config(fmnist_dir, tmp_path / "full", **over))
+    assert full.global_step == 12 and full.interrupted is None
+
+    part = train(tiny_config(fmnist_dir, tmp_path / "part", max_steps=stop_at, **over))
+    assert part.interrupted == "max_steps" and part.global_step == stop_at
+    ckpt = load_checkpoint(tmp_path / "part" / "last.pth")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == divmod(stop_at, 6)
+
+    resumed = train(tiny_config(fmnist_dir, tmp_path / "part", resume=str(tmp_path / "part" / "last.pth"), **over))
+    assert resumed.global_step == 12 and resumed.epoch == 2
+    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "part" / "last.pth")
+    _assert_same(a["model"], b["model"])
+    _assert_same(a["ema"], b["ema"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][k][name])), name
+    # the metrics files hold each epoch once, with the same numbers
+    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [0, 1]
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("train_loss", "val_loss", "val_top1", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-12, abs=1e-12), key
