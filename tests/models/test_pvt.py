@@ -107,9 +107,13 @@ def test_sizes_features_and_pos_embed_resize():
     assert [f["reduction"] for f in m.feature_info] == [4, 8, 16, 32]
     feats = m.forward_intermediates(torch.randn(1, 3, 64, 96), intermediates_only=True)
     assert [tuple(f.shape) for f in feats] == [(1, 16, 16, 24), (1, 32, 8, 12), (1, 40, 4, 6), (1, 64, 2, 3)]
+    m.set_grad_checkpointing(True)
+    m(torch.randn(1, 3, 32, 32)).sum().backward()
     m.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(m(torch.randn(1, 3, 64, 64)).float()).all()
+    m.reset_classifier(0, "avg")
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 64)
 
 
 def _to_authors(sd: dict) -> dict:
@@ -151,3 +155,15 @@ def test_errors():
         PyramidVisionTransformerV1(depths=(2, 2, 2))
     with pytest.raises(ValueError, match="not divisible"):
         SRAttention(10, 3)
+
+
+def test_pretrained_file_in_authors_layout(tmp_path):
+    """``pretrained=True`` with a file in PVT v1's own layout (their released ``pvt_tiny.pth`` form)."""
+    torch.manual_seed(0)
+    src = timm.create_model("pvt_v1_tiny").eval()
+    path = tmp_path / "pvt_tiny.pth"
+    torch.save(_to_authors(src.state_dict())["model"], path)
+    dst = timm.create_model("pvt_v1_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))

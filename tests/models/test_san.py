@@ -82,6 +82,10 @@ def test_tiny_maps_and_sizes(acmix):
         y = m(torch.randn(2, 3, *size))
         assert y.shape == (2, 5) and torch.isfinite(y).all()
     y.sum().backward()
+    m.set_grad_checkpointing(True)
+    m(torch.randn(2, 3, 32, 32)).sum().backward()  # batch 2: BatchNorm on the 1x1 map needs 2 values
+    m.reset_classifier(0)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 128)
     m.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(m(torch.randn(1, 3, 32, 32)).float()).all()
