@@ -129,3 +129,15 @@ def test_errors():
         SAM(64, 4, 16, share_planes=3)
     with pytest.raises(ValueError, match="odd"):
         SAM(64, 4, 16, kernel_size=4)
+
+
+def test_model_fast_aggregation_equals_reference(monkeypatch):
+    """The whole network in float64 with the pixel-by-pixel reference swapped in for the fast op."""
+    import acmix.models.acmix_san as san_mod
+
+    torch.manual_seed(0)
+    m = SAN(**SMALL, acmix=True, num_classes=4, dtype=torch.float64).eval()
+    x = torch.randn(1, 3, 32, 64, dtype=torch.float64)
+    fast = m(x)
+    monkeypatch.setattr(san_mod, "patchwise_aggregation", patchwise_aggregation_reference)
+    torch.testing.assert_close(m(x), fast, rtol=1e-10, atol=1e-10)
