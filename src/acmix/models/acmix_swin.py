@@ -1,0 +1,630 @@
+"""Swin-ACmix and Conv-Swin, as timm models.
+
+Paper: "On the Integration of Self-Attention and Convolution", Xuran Pan, Chunjiang Ge,
+Rui Lu, Shiji Song, Guanfu Chen, Zeyi Huang, Gao Huang, CVPR 2022 (arXiv:2111.14556).
+Swin: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted
+Windows", ICCV 2021.
+
+Every Swin block's window attention becomes ACmix (the authors' forward order,
+SPEC section 3): the ``qkv`` linear runs on the whole (padded, cyclically shifted)
+map; the convolution path reads qkv as ``3 * heads`` pieces of ``head_dim``
+channels, mixes them with ``fc`` (``3 * heads -> 9``, with bias) and shifts and sums
+them with a ``groups=head_dim`` 3x3 conv (``dep_conv``, no bias, shift init) with
+zero padding, through the shared :func:`acmix.ops.shift_conv`; the window attention
+path is Swin's, up to ``proj``; the block then takes ``proj_drop(rate1 * att +
+rate2 * conv)`` and rolls back.  ``conv_swin_tiny`` keeps only the convolution path
+(the paper's Conv-Swin-T, Tab. 6: no ``proj``, no relative position bias).
+
+The parameter layout is the authors' (original Swin names, patch merging at the
+END of a stage as ``layers.i.downsample``, ``head`` a plain linear), so their
+checkpoints load with no renaming.  ``relative_position_index`` and ``attn_mask``
+are not stored: both are rebuilt for the input at hand, so the model runs at any
+input size; those keys in a checkpoint are ignored.  Feature maps that are not a
+multiple of the window are zero-padded after ``norm1`` (as Swin's detection
+backbone does); a map no larger than the window is one window, unshifted (which at
+224x224 is exactly the authors' last stage).
+
+Loading (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``)
+reads the file with :func:`acmix.models._builder.load_checkpoint_file` (weights
+only; a full training dict with a pickled yacs config is read through an
+allow-list, nothing else is unpickled) and maps timm's Swin layout as well.  Plain
+Swin weights initialise Swin-ACmix with only the ACmix extras (``attn.fc``,
+``attn.dep_conv``, ``attn.rate1/2``) left at their initialisation.
+:func:`convert_checkpoint` writes a bare state dict once, for tools that load with
+plain ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import adapt_input_conv
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..ops import Combination, shift_conv, shift_kernel
+from ._builder import fill_missing, load_checkpoint_file, unwrap_state_dict
+
+__all__ = [
+    "PAPER_FIGURES",
+    "SwinACmix",
+    "SwinACmixBlock",
+    "WindowAttentionACmix",
+    "checkpoint_filter_fn",
+    "convert_checkpoint",
+]
+
+_logger = logging.getLogger(__name__)
+
+ACMIX_EXTRA_SUFFIXES = ("attn.fc.weight", "attn.fc.bias", "attn.dep_conv.weight", "attn.rate1", "attn.rate2")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``, windows in row-major order per image."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, c)
+
+
+def window_reverse(windows: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
+    """Inverse of :func:`window_partition`: ``(B * nW, wh * ww, C)`` -> ``(B, H, W, C)``."""
+    c = windows.shape[-1]
+    x = windows.view(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def relative_position_index(wh: int, ww: int, window: int, device: torch.device | None = None) -> Tensor:
+    """Index into a ``(2 * window - 1) ** 2`` bias table for a ``wh x ww`` window (``wh, ww <= window``)."""
+    ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + window - 1
+    dx = xs[:, None] - xs[None, :] + window - 1
+    return dy * (2 * window - 1) + dx  # (N, N)
+
+
+def shifted_window_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, *,
+                        device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Swin's ``(nW, N, N)`` mask for a cyclically shifted ``h x w`` map: 0 within a region, -100 across."""
+    def regions(size: int, win: int, shift: int) -> Tensor:
+        ids = torch.zeros(size, dtype=torch.long, device=device)
+        if shift:
+            ids[size - win:size - shift] = 1
+            ids[size - shift:] = 2
+        return ids
+
+    img = regions(h, wh, sh)[:, None] * 3 + regions(w, ww, sw)[None, :]
+    win = window_partition(img.view(1, h, w, 1), wh, ww).squeeze(-1)  # (nW, N)
+    diff = win[:, None, :] - win[:, :, None]
+    return torch.zeros(diff.shape, device=device, dtype=dtype).masked_fill(diff != 0, -100.0)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class WindowAttentionACmix(nn.Module):
+    """Swin's window attention mixed with ACmix's convolution path (authors' ``WindowAttention_acmix``).
+
+    ``forward`` takes the whole ``(B, H, W, C)`` map (already padded and shifted by
+    the block, ``H`` and ``W`` multiples of the window ``(wh, ww)``) and returns the
+    same shape.  ``combination``: ``"learned"`` (ACmix), ``"fixed"`` (rates as
+    buffers), ``"attention"`` (plain Swin) or ``"conv"`` (Conv-Swin).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, *, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, kernel_conv: int = 3,
+                 combination: Combination | str = Combination.LEARNED,
+                 rates: tuple[float, float] = (0.5, 0.5),
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if kernel_conv <= 0 or kernel_conv % 2 == 0:
+            raise ValueError(f"kernel_conv must be a positive odd int, got {kernel_conv!r}")
+        try:
+            self.combination = Combination(combination)
+        except ValueError:
+            raise ValueError(f"combination={combination!r} is not one of "
+                             f"{', '.join(repr(c.value) for c in Combination)}") from None
+        dd = {"device": device, "dtype": dtype}
+        self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
+        self.head_dim = dim // num_heads
+        self.kernel_conv = kernel_conv
+        self.rates = tuple(float(r) for r in rates)
+        self.has_attention = self.combination is not Combination.CONV
+        self.has_conv = self.combination is not Combination.ATTENTION
+
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        if self.has_attention:
+            self.relative_position_bias_table = nn.Parameter(torch.empty((2 * window_size - 1) ** 2, num_heads, **dd))
+            self.attn_drop = nn.Dropout(attn_drop)
+            self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if self.has_conv:
+            kc2 = kernel_conv**2
+            self.fc = nn.Conv2d(3 * num_heads, kc2, 1, bias=True, **dd)
+            self.dep_conv = nn.Conv2d(kc2 * self.head_dim, dim, kernel_conv, padding=kernel_conv // 2,
+                                      groups=self.head_dim, bias=False, **dd)
+        if self.has_attention and self.has_conv:
+            if self.combination is Combination.LEARNED:
+                self.rate1 = nn.Parameter(torch.empty(1, **dd))
+                self.rate2 = nn.Parameter(torch.empty(1, **dd))
+            else:
+                self.register_buffer("rate1", torch.empty(1, **dd))
+                self.register_buffer("rate2", torch.empty(1, **dd))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Relative position bias ~ N(0, 0.02), default ``fc`` init, shift init of ``dep_conv``, rates."""
+        if self.has_attention:
+            trunc_normal_(self.relative_position_bias_table, std=0.02)
+        if self.has_conv:
+            self.fc.reset_parameters()
+            w = self.dep_conv.weight
+            w.copy_(shift_kernel(self.kernel_conv, device=w.device, dtype=w.dtype).expand_as(w))
+        if hasattr(self, "rate1"):
+            self.rate1.fill_(self.rates[0])
+            self.rate2.fill_(self.rates[1])
+
+    def _attention(self, qkv: Tensor, wh: int, ww: int, mask: Tensor | None) -> Tensor:
+        b, h, w, _ = qkv.shape
+        n, nw = wh * ww, (h // wh) * (w // ww)
+        win = window_partition(qkv, wh, ww)  # (B*nW, N, 3C)
+        q, k, v = win.view(b, nw, n, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        index = relative_position_index(wh, ww, self.window_size, device=qkv.device)
+        bias = self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        bias = bias.to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
+        if mask is not None:
+            bias = bias + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.transpose(-3, -2).reshape(b * nw, n, self.dim)  # (B*nW, N, C), heads concatenated
+        return window_reverse(self.proj(out), wh, ww, h, w)
+
+    def _conv(self, qkv: Tensor) -> Tensor:
+        b, h, w, _ = qkv.shape
+        pieces = qkv.view(b, h, w, 3 * self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
+        out = shift_conv(pieces, self.fc.weight, self.dep_conv.weight, None, kernel_conv=self.kernel_conv,
+                         out_channels=self.dim, fc_bias=self.fc.bias)
+        return out.permute(0, 2, 3, 1)
+
+    def forward(self, x: Tensor, window: tuple[int, int] | None = None, mask: Tensor | None = None) -> Tensor:
+        wh, ww = window if window is not None else (self.window_size, self.window_size)
+        qkv = self.qkv(x)
+        if not self.has_conv:
+            out = self._attention(qkv, wh, ww, mask)
+        elif not self.has_attention:
+            out = self._conv(qkv)
+        else:
+            out = self.rate1 * self._attention(qkv, wh, ww, mask) + self.rate2 * self._conv(qkv)
+        return self.proj_drop(out)
+
+    def uncounted_macs(self, inputs: tuple, output: Tensor) -> int:
+        """None: the window attention is matmuls (SDPA), which FLOP counters see."""
+        return 0
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
+                f"combination={self.combination.value}")
+
+
+class SwinACmixBlock(nn.Module):
+    """Swin block: ``x + DropPath(attn(norm1(x)))`` (shifted windows), then ``x + DropPath(mlp(norm2(x)))``.
+
+    The window is ``window_size`` and the cyclic shift ``shift_size`` along each axis
+    longer than the window; an axis no longer than the window is one unshifted window.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU,
+                 norm_layer: type[nn.Module] = nn.LayerNorm, combination: Combination | str = Combination.LEARNED,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size={shift_size} must be in [0, window_size={window_size})")
+        dd = {"device": device, "dtype": dtype}
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                                         proj_drop=drop, combination=combination, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **dd)
+
+    def _window_shift(self, h: int, w: int) -> tuple[int, int, int, int]:
+        ws, s = self.window_size, self.shift_size
+        wh, sh = (h, 0) if h <= ws else (ws, s)
+        ww, sw = (w, 0) if w <= ws else (ws, s)
+        return wh, ww, sh, sw
+
+    def _attn(self, x: Tensor) -> Tensor:
+        _, h, w, _ = x.shape
+        wh, ww, sh, sw = self._window_shift(h, w)
+        ph, pw = (-h) % wh, (-w) % ww
+        if ph or pw:
+            x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        hp, wp = h + ph, w + pw
+        mask = None
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+            mask = shifted_window_mask(hp, wp, wh, ww, sh, sw, device=x.device, dtype=x.dtype)
+        x = self.attn(x, (wh, ww), mask)
+        if sh or sw:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        return x[:, :h, :w] if ph or pw else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self._attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 patch merging, original Swin order ``[(0,0), (1,0), (0,1), (1,1)]``, then LayerNorm and a linear."""
+
+    def __init__(self, dim: int, norm_layer: type[nn.Module] = nn.LayerNorm,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.norm = norm_layer(4 * dim, device=device, dtype=dtype)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h, w, _ = x.shape
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` conv, LayerNorm; NCHW image -> NHWC tokens."""
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 norm_layer: type[nn.Module] | None = nn.LayerNorm,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
+        self.norm = norm_layer(embed_dim, device=device, dtype=dtype) if norm_layer else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class SwinACmixStage(nn.Module):
+    """``blocks`` (alternating unshifted / shifted windows), then ``downsample`` (None in the last stage)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, *, downsample: bool,
+                 drop_path: list[float], norm_layer: type[nn.Module] = nn.LayerNorm,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 **block_kwargs: Any) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList([
+            SwinACmixBlock(dim, num_heads, window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
+                           drop_path=drop_path[i], norm_layer=norm_layer, device=device, dtype=dtype,
+                           **block_kwargs)
+            for i in range(depth)
+        ])
+        self.downsample = PatchMerging(dim, norm_layer, device=device, dtype=dtype) if downsample else None
+
+    def forward_blocks(self, x: Tensor) -> Tensor:
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_blocks(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+# ----------------------------------------------------------------------------- model
+
+class SwinACmix(nn.Module):
+    """Swin Transformer with ACmix blocks, in the authors' parameter layout.
+
+    Args:
+        in_chans, num_classes, global_pool (``"avg"`` or ``""``): as in timm.
+        embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias: Swin's sizes.
+        combination: ``"learned"`` (Swin-ACmix), ``"fixed"``, ``"attention"`` (plain
+            Swin, original layout) or ``"conv"`` (Conv-Swin).
+        drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
+        img_size: accepted for timm compatibility; the model runs at any size.
+    """
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
+                 embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2),
+                 num_heads: tuple[int, ...] = (3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, combination: Combination | str = Combination.LEARNED,
+                 drop_rate: float = 0.0, proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, patch_size: int = 4, img_size: Any = None,
+                 norm_layer: type[nn.Module] = nn.LayerNorm,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if global_pool not in ("", "avg"):
+            raise ValueError(f"global_pool={global_pool!r} is not one of '', 'avg'")
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths={depths!r} and num_heads={num_heads!r} differ in length")
+        if window_size <= 0:
+            raise ValueError(f"window_size must be positive, got {window_size!r}")
+        dd = {"device": device, "dtype": dtype}
+        self.num_classes, self.global_pool, self.drop_rate = num_classes, global_pool, drop_rate
+        self.num_layers = len(depths)
+        self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (self.num_layers - 1))
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer, **dd)
+        self.pos_drop = nn.Dropout(drop_rate)
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as Swin
+        self.layers = nn.ModuleList()
+        self.feature_info = []
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            dim = embed_dim * 2**i
+            start = sum(depths[:i])
+            self.layers.append(SwinACmixStage(
+                dim, depth, heads, window_size, downsample=i < self.num_layers - 1,
+                drop_path=dpr[start:start + depth], norm_layer=norm_layer, mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, drop=proj_drop_rate, attn_drop=attn_drop_rate, combination=combination, **dd))
+            self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2**i, module=f"layers.{i}"))
+        self.norm = norm_layer(self.num_features, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, WindowAttentionACmix):
+                m.reset_parameters()  # shift init and rates, after the generic init
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # --- timm interface
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters()
+                if n.endswith((".relative_position_bias_table", ".rate1", ".rate2"))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^layers\.(\d+)" if coarse else [
+                (r"^layers\.(\d+)\.downsample", (0,)),
+                (r"^layers\.(\d+)\.\w+\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ("", "avg"):
+                raise ValueError(f"global_pool={global_pool!r} is not one of '', 'avg'")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        w = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else self.patch_embed.proj.weight
+        self.head = (nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
+                     if num_classes > 0 else nn.Identity())
+
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs (before each stage's patch merging) as NCHW maps, timm's contract."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not one of 'NCHW', 'NHWC'")
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        stages = self.layers[:max_index + 1] if stop_early else self.layers
+        x = self.pos_drop(self.patch_embed(x))
+        intermediates = []
+        last = len(self.layers) - 1
+        for i, stage in enumerate(stages):
+            x = stage.forward_blocks(x)
+            if i in take:
+                inter = self.norm(x) if norm and i == last else x
+                intermediates.append(inter.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else inter)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:max_index + 1]
+        self.layers[-1].downsample = None
+        if prune_norm or max_index < self.num_layers - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> normed last-stage tokens ``(B, H/32, W/32, C)`` (NHWC, as timm's Swin)."""
+        x = self.pos_drop(self.patch_embed(x))
+        for stage in self.layers:
+            x = stage(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # --- checkpoints
+    def load_pretrained(self, path: str | os.PathLike) -> None:
+        """timm's ``custom_load`` hook: a safe read of ``path``, the filter, a strict load.
+
+        A classifier of another size than this model's is skipped (the head keeps
+        its initialisation), as timm does when ``num_classes`` differs.
+        """
+        state_dict = checkpoint_filter_fn(load_checkpoint_file(path), self)
+        own = self.state_dict()
+        for k in ("head.weight", "head.bias"):
+            if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape):
+                _logger.warning("skipping %s %s from the checkpoint: the model's head differs", k,
+                                tuple(state_dict[k].shape))
+                del state_dict[k]
+                if k in own:
+                    state_dict[k] = own[k]
+        key = "patch_embed.proj.weight"
+        if key in state_dict and state_dict[key].shape[1] != own[key].shape[1]:
+            state_dict[key] = adapt_input_conv(own[key].shape[1], state_dict[key])
+        self.load_state_dict(state_dict, strict=True)
+
+
+# ----------------------------------------------------------------------------- checkpoint filter
+
+_TIMM_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: SwinACmix) -> dict[str, Tensor]:
+    """Bring a Swin / Swin-ACmix state dict into this model's (the authors') layout.
+
+    * training dicts are unwrapped (``model`` / ``state_dict``), ``module.`` stripped;
+    * ``relative_position_index`` and ``attn_mask`` buffers are dropped (rebuilt per input);
+    * timm's Swin layout (``layers.i.downsample`` at the START of stage i, ``head.fc``)
+      is mapped: ``layers.i.downsample`` -> ``layers.i-1.downsample``, ``head.fc`` -> ``head``;
+    * missing ACmix extras (``attn.fc``, ``attn.dep_conv``, ``attn.rate1/2``: plain Swin
+      weights) are filled with the model's own initial values, with a warning.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    state_dict = {k: v for k, v in state_dict.items()
+                  if not k.endswith(("relative_position_index", "attn_mask"))}
+    timm_layout = "head.fc.weight" in state_dict or (
+        "layers.0.downsample.reduction.weight" not in state_dict
+        and any(_TIMM_DOWNSAMPLE.match(k) for k in state_dict))
+    if timm_layout:
+        def rename(k: str) -> str:
+            m = _TIMM_DOWNSAMPLE.match(k)
+            if m:
+                return f"layers.{int(m.group(1)) - 1}.downsample." + k[m.end():]
+            return "head." + k[len("head.fc."):] if k.startswith("head.fc.") else k
+
+        state_dict = {rename(k): v for k, v in state_dict.items()}
+    filled = fill_missing(state_dict, model, ACMIX_EXTRA_SUFFIXES)
+    if filled:
+        _logger.warning("checkpoint has no ACmix extras for %d tensors (plain Swin weights?): "
+                        "they keep their initialisation (shift init, rates 0.5)", len(filled))
+    return state_dict
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Write the model weights of a released checkpoint at ``src`` as a bare state dict at ``dst``.
+
+    ``src`` may be a full training dict (``model``, ``optimizer``, a pickled yacs
+    config): it is read with the allow-list of :func:`load_checkpoint_file`, never
+    with an unrestricted unpickler.  ``dst`` ending in ``.safetensors`` is written as
+    safetensors, anything else with ``torch.save``.  Returns the keys written.
+    """
+    state_dict = {k: v.contiguous() for k, v in unwrap_state_dict(load_checkpoint_file(src)).items()}
+    if not state_dict:
+        raise ValueError(f"no tensors found in checkpoint {os.fspath(src)!r}")
+    dst = os.fspath(dst)
+    if dst.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state_dict, dst)
+    else:
+        torch.save(state_dict, dst)
+    return list(state_dict)
+
+
+# ----------------------------------------------------------------------------- builder
+
+def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinACmix:
+    depths = kwargs.get("depths", (2, 2, 6, 2))
+    out_indices = kwargs.pop("out_indices", tuple(range(len(depths))))
+    return build_model_with_cfg(
+        SwinACmix, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------- default cfgs
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": True,
+        "paper_ids": "arXiv:2111.14556", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "acmix_swin_tiny": _cfg(),
+    "acmix_swin_small": _cfg(),
+    "conv_swin_tiny": _cfg(),
+})
+
+# Published figures (SPEC section 3: the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
+# Conv-Swin-T has no published size: its target is this implementation's count (Tab. 6 design).
+PAPER_FIGURES: dict[str, dict] = {
+    "acmix_swin_tiny": dict(params_m=28.65, params_tol=0.02, macs_g=4.6, top1=81.9),
+    "acmix_swin_small": dict(params_m=50.35, params_tol=0.02, macs_g=9.0, top1=83.5),
+    "conv_swin_tiny": dict(params_m=26.47, params_tol=0.02, macs_g=None, top1=None),
+}
+
+_TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
+_SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+@register_model
+def acmix_swin_tiny(pretrained: bool = False, **kwargs: Any) -> SwinACmix:
+    """Swin-ACmix-T: Swin-T (96, [2, 2, 6, 2], heads [3, 6, 12, 24], window 7) with ACmix blocks."""
+    return _create_swin("acmix_swin_tiny", pretrained, **{**_TINY, **kwargs})
+
+
+@register_model
+def acmix_swin_small(pretrained: bool = False, **kwargs: Any) -> SwinACmix:
+    """Swin-ACmix-S: Swin-S (96, [2, 2, 18, 2]) with ACmix blocks."""
+    return _create_swin("acmix_swin_small", pretrained, **{**_SMALL, **kwargs})
+
+
+@register_model
+def conv_swin_tiny(pretrained: bool = False, **kwargs: Any) -> SwinACmix:
+    """Conv-Swin-T (paper Tab. 6): Swin-T with the window attention replaced by the convolution path."""
+    return _create_swin("conv_swin_tiny", pretrained, **{**_TINY, "combination": "conv", **kwargs})
+
