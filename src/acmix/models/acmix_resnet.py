@@ -29,6 +29,7 @@ pretrained_cfg_overlay=dict(file=PATH))``.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -142,11 +143,19 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: ACmixResNet) -> dict
 
 # ----------------------------------------------------------------------------- builder
 
-def _create_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> ACmixResNet:
+def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> ACmixResNet:
+    """``acmix_kwargs`` go to every ACmix layer (e.g. ``backend``, ``shift``, ``combination``)."""
+    cfg = model_cfgs[variant]
+    if acmix_kwargs:
+        if cfg.blocks[0].type != "self_attn":
+            raise ValueError(f"acmix_kwargs={acmix_kwargs!r} given to {variant}, which has no ACmix layers")
+        cfg = replace(cfg, blocks=tuple(
+            replace(b, self_attn_kwargs={**b.self_attn_kwargs, **acmix_kwargs}) for b in cfg.blocks))
     kwargs.setdefault("zero_init_last", False)
     return build_model_with_cfg(
         ACmixResNet, variant, pretrained,
-        model_cfg=model_cfgs[variant],
+        model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
