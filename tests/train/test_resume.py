@@ -23,13 +23,21 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
 
+OVER = dict(model_ema=True, model_ema_decay=0.9, drop_path_rate=0.1, clip_grad=1.0)
+
+
+@pytest.fixture(scope="module")
+def continuous(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    full = train(tiny_config(fmnist_dir, out, **OVER))
+    assert full.global_step == 12 and full.interrupted is None
+    return out
+
+
 # 96 images / batch 16 = 6 steps per epoch, 2 epochs = 12 steps; stop after 4 (mid-epoch) or 6 (boundary).
 @pytest.mark.parametrize("stop_at", [4, 6])
-def test_resume_equals_continuous(fmnist_dir: Path, tmp_path: Path, stop_at: int) -> None:
-    over = dict(model_ema=True, model_ema_decay=0.9, drop_path_rate=0.1, clip_grad=1.0)
-    full = train(tiny_config(fmnist_dir, tmp_path / "full", **over))
-    assert full.global_step == 12 and full.interrupted is None
-
+def test_resume_equals_continuous(fmnist_dir: Path, continuous: Path, tmp_path: Path, stop_at: int) -> None:
+    over = OVER
     part = train(tiny_config(fmnist_dir, tmp_path / "part", max_steps=stop_at, **over))
     assert part.interrupted == "max_steps" and part.global_step == stop_at
     ckpt = load_checkpoint(tmp_path / "part" / "last.pth")
@@ -37,7 +45,7 @@ def test_resume_equals_continuous(fmnist_dir: Path, tmp_path: Path, stop_at: int
 
     resumed = train(tiny_config(fmnist_dir, tmp_path / "part", resume=str(tmp_path / "part" / "last.pth"), **over))
     assert resumed.global_step == 12 and resumed.epoch == 2
-    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "part" / "last.pth")
+    a, b = load_checkpoint(continuous / "last.pth"), load_checkpoint(tmp_path / "part" / "last.pth")
     _assert_same(a["model"], b["model"])
     _assert_same(a["ema"], b["ema"])
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
@@ -45,7 +53,7 @@ def test_resume_equals_continuous(fmnist_dir: Path, tmp_path: Path, stop_at: int
         for name, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][k][name])), name
     # the metrics files hold each epoch once, with the same numbers
-    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows_a = [json.loads(x) for x in (continuous / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_b] == [0, 1]
     for ra, rb in zip(rows_a, rows_b):

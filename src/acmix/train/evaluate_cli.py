@@ -38,6 +38,20 @@ def _config_from(ckpt: dict[str, Any] | None, args: argparse.Namespace) -> tuple
     return TrainConfig(**values), args.num_classes or num_classes
 
 
+def _load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load; missing/unexpected keys and shape mismatches become one ``ValueError``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in sd and sd[k].shape != v.shape]
+    problems = [f"{name} {items[:4]}{'...' if len(items) > 4 else ''}" for name, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems))
+    model.load_state_dict(sd)
+
+
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     if not args.checkpoint and not args.pretrained_file:
         raise ValueError("give --checkpoint (ours, a state dict or safetensors) or --pretrained-file")
@@ -56,11 +70,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         model = build_model(cfg, num_classes or info.num_classes, info.in_chans, **extra)
         if ckpt is not None:
             sd = extract_state_dict(ckpt, use_ema=args.use_ema)
-            missing, unexpected = model.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise ValueError(f"{args.checkpoint} does not match {cfg.model}: missing keys {missing[:5]}"
-                                 f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                                 f"{'...' if len(unexpected) > 5 else ''}")
+            _load_weights(model, sd, f"{args.checkpoint} does not match {cfg.model}")
         model.to(dist.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)

@@ -1,0 +1,73 @@
+"""Presets (the paper's recipes), flag overrides, validation, lr scaling, optimizer param groups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+
+from acmix.cli.main import build_parser
+from acmix.train.config import TrainConfig, effective_lr, list_presets, resolve_config
+
+
+def _cfg(argv: list[str]) -> TrainConfig:
+    args = build_parser().parse_args(["train", *argv])
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset", "print_config")}
+    return resolve_config(args.preset, overrides)
+
+
+def test_packaged_presets_follow_the_paper() -> None:
+    assert {"fmnist", "resnet", "san", "swin_t", "swin_s", "pvt"} <= set(list_presets())
+    for name in ("resnet", "san"):
+        p = resolve_config(name)
+        assert (p.opt, p.momentum, p.lr_base, p.lr_base_size, p.sched, p.epochs, p.weight_decay, p.smoothing) == (
+            "sgd", 0.9, 0.1, 256, "cosine", 100, 1e-4, 0.1)
+    drop = {"swin_t": 0.2, "swin_s": 0.3, "pvt": 0.1}
+    for name, rate in drop.items():
+        p = resolve_config(name)
+        assert (p.opt, p.epochs, p.drop_path_rate, p.weight_decay, p.lr_base, p.lr_base_size) == (
+            "adamw", 300, rate, 0.05, 5e-4, 512)
+        assert p.warmup_epochs > 0 and timm.is_model(p.model)
+
+
+def test_flags_override_the_preset() -> None:
+    cfg = _cfg(["--preset", "resnet", "--lr", "0.5", "--epochs", "3", "-b", "32", "--no-amp",
+                "--model-kwargs", '{"a": 1}', "--scale", "0.5", "1.0"])
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.amp, cfg.model_kwargs, cfg.scale) == (
+        0.5, 3, 32, False, {"a": 1}, [0.5, 1.0])
+    assert (cfg.opt, cfg.momentum, cfg.channels_last) == ("sgd", 0.9, True)  # untouched preset values
+    assert _cfg([]).opt == TrainConfig().opt  # no preset: the defaults
+
+
+def test_lr_scales_with_the_global_batch() -> None:
+    cfg = resolve_config("resnet", {"batch_size": 64, "grad_accum": 2})
+    assert effective_lr(cfg, world_size=2) == pytest.approx(0.1 * 256 / 256)
+    assert effective_lr(resolve_config("resnet", {"lr": 0.3}), 8) == 0.3
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        resolve_config("nope")
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({"epochs": 2, "learning_rate": 1}))
+    with pytest.raises(ValueError, match="'learning_rate'"):
+        resolve_config(str(bad))
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        resolve_config(None, {"batch_size": 0})
+    with pytest.raises(ValueError, match="amp_dtype='fp8'"):
+        resolve_config(None, {"amp_dtype": "fp8"})
+
+
+def test_rates_and_norms_get_no_weight_decay() -> None:
+    model = timm.create_model("acmix_resnet_tiny")
+    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 0.0 if p.ndim <= 1 else 0.05
+        assert decay_of[id(p)] == expected, name
+    rate = model.stage1[0].acmix.rate1
+    assert decay_of[id(rate)] == 0.0 and isinstance(rate, torch.nn.Parameter)
