@@ -13,6 +13,7 @@ plain :class:`ConfigStub` dict.  Any other global raises
 
 from __future__ import annotations
 
+import _compat_pickle
 import os
 import pickle
 import types
@@ -60,6 +61,9 @@ class ConfigStub(dict):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        # protocol 0-2 files name Python 2 modules (``__builtin__``): normalise before checking
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in CONFIG_STUBS:
             return ConfigStub
         if (module, name) in ALLOWED_GLOBALS:

@@ -25,7 +25,7 @@ backbone does); a map no larger than the window is one window, unshifted (which 
 224x224 is exactly the authors' last stage).
 
 Loading (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``)
-reads the file with :func:`acmix.models._builder.load_checkpoint_file` (weights
+reads the file in the builder with :func:`acmix.models._builder.load_checkpoint_file` (weights
 only; a full training dict with a pickled yacs config is read through an
 allow-list, nothing else is unpickled) and maps timm's Swin layout as well.  Plain
 Swin weights initialise Swin-ACmix with only the ACmix extras (``attn.fc``,
@@ -47,7 +47,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import adapt_input_conv
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -488,27 +487,6 @@ class SwinACmix(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # --- checkpoints
-    def load_pretrained(self, path: str | os.PathLike) -> None:
-        """timm's ``custom_load`` hook: a safe read of ``path``, the filter, a strict load.
-
-        A classifier of another size than this model's is skipped (the head keeps
-        its initialisation), as timm does when ``num_classes`` differs.
-        """
-        state_dict = checkpoint_filter_fn(load_checkpoint_file(path), self)
-        own = self.state_dict()
-        for k in ("head.weight", "head.bias"):
-            if k in state_dict and (k not in own or own[k].shape != state_dict[k].shape):
-                _logger.warning("skipping %s %s from the checkpoint: the model's head differs", k,
-                                tuple(state_dict[k].shape))
-                del state_dict[k]
-                if k in own:
-                    state_dict[k] = own[k]
-        key = "patch_embed.proj.weight"
-        if key in state_dict and state_dict[key].shape[1] != own[key].shape[1]:
-            state_dict[key] = adapt_input_conv(own[key].shape[1], state_dict[key])
-        self.load_state_dict(state_dict, strict=True)
-
 
 # ----------------------------------------------------------------------------- checkpoint filter
 
@@ -572,12 +550,24 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> list[s
 def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinACmix:
     depths = kwargs.get("depths", (2, 2, 6, 2))
     out_indices = kwargs.pop("out_indices", tuple(range(len(depths))))
-    return build_model_with_cfg(
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
+        # timm reads files with weights_only=True, which refuses the authors' training dicts
+        # (a pickled yacs config): read the file here, through the allow-list, and hand timm
+        # the tensors; the filter, classifier and input-conv handling stay timm's.
+        overlay["state_dict"] = unwrap_state_dict(load_checkpoint_file(overlay["file"]))
+    model = build_model_with_cfg(
         SwinACmix, variant, pretrained,
+        pretrained_cfg_overlay=overlay or None,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs,
     )
+    for holder in (model, getattr(model, "model", None)):  # do not keep the weights alive in the cfg
+        cfg = getattr(holder, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("state_dict") is not None:
+            cfg["state_dict"] = None
+    return model
 
 
 # ----------------------------------------------------------------------------- default cfgs
@@ -586,7 +576,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": True,
+        "first_conv": "patch_embed.proj", "classifier": "head",
         "paper_ids": "arXiv:2111.14556", **kwargs,
     }
 
