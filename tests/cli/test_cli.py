@@ -52,9 +52,10 @@ def test_train_then_eval_export(fmnist_dir: Path, tmp_path: Path, capsys: pytest
     torch.save(sd, tmp_path / "bare.pth")
     assert main(["export", str(out / "last.pth"), str(tmp_path / "exported.safetensors")]) == 0
     assert all(torch.equal(v, load_file(tmp_path / "exported.safetensors")[k]) for k, v in sd.items())
-    for weights in ("bare.pth", "exported.safetensors"):
+    for flag, weights in (("--checkpoint", "bare.pth"), ("--checkpoint", "exported.safetensors"),
+                          ("--pretrained-file", "bare.pth")):
         capsys.readouterr()
-        res = _eval_result(capsys, ["eval", "--model", "acmix_resnet_tiny", "--model-kwargs", TINY, "--checkpoint",
+        res = _eval_result(capsys, ["eval", "--model", "acmix_resnet_tiny", "--model-kwargs", TINY, flag,
                                     str(tmp_path / weights), "--data", str(fmnist_dir), "-j", "0"])
         assert res["top1"] == pytest.approx(row["val_top1"], abs=1e-9), weights
     # wrong architecture: a clear message, exit code 2

@@ -59,3 +59,13 @@ def test_resume_equals_continuous(fmnist_dir: Path, continuous: Path, tmp_path: 
     for ra, rb in zip(rows_a, rows_b):
         for key in ("train_loss", "val_loss", "val_top1", "lr"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-12, abs=1e-12), key
+
+
+def test_amp_accumulation_mixup_channels_last_run(fmnist_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(fmnist_dir, tmp_path, epochs=1, max_steps=2, amp=True, channels_last=True, grad_accum=2,
+                      batch_size=8, mixup=0.8, cutmix=1.0, deterministic=False)
+    result = train(cfg)
+    assert result.global_step == 2 and result.interrupted == "max_steps"
+    ckpt = load_checkpoint(tmp_path / "last.pth")
+    assert ckpt["step_in_epoch"] == 2 and ckpt["scaler"] is None  # bf16 on CPU needs no GradScaler
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
