@@ -52,7 +52,7 @@ class ACmixTinyNet(nn.Module):
     Args:
         num_classes: classifier outputs (0: no classifier, features only).
         in_chans: input channels (1 for grayscale).
-        widths: ``(stem, stage1, stage2)`` channels.  depths: ACmix blocks per stage.
+        widths: ``(stem, stage1, stage2)`` channels (stem 0: a single strided conv).  depths: ACmix blocks per stage.
         heads: attention heads of every ACmix layer.  kernel_att: attention window (one, or per stage).
         drop_rate: dropout before the classifier.  drop_path_rate: stochastic depth (linear ramp).
         global_pool: ``"avg"`` or ``""`` (no pooling in :meth:`forward_head`).
@@ -62,8 +62,9 @@ class ACmixTinyNet(nn.Module):
                  depths: Sequence[int] = (1, 1), heads: int = 4, kernel_att: int | Sequence[int] = (3, 5),
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg") -> None:
         super().__init__()
-        if len(widths) != 3 or len(depths) != 2:
-            raise ValueError(f"widths needs 3 entries and depths 2, got widths={widths!r} depths={depths!r}")
+        if len(widths) != 3 or len(depths) != 2 or min(widths[1:]) < 1 or min(widths) < 0 or min(depths) < 0:
+            raise ValueError(f"widths needs 3 entries (stem >= 0, stages >= 1) and depths 2 (>= 0), "
+                             f"got widths={widths!r} depths={depths!r}")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
@@ -76,7 +77,10 @@ class ACmixTinyNet(nn.Module):
         if len(ka) != 2:
             raise ValueError(f"kernel_att needs 1 or 2 entries (per stage), got {kernel_att!r}")
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.stem = nn.Sequential(_conv_bn(in_chans, c0), _conv_bn(c0, c1, stride=2))
+        if c0 > 0:
+            self.stem = nn.Sequential(_conv_bn(in_chans, c0), _conv_bn(c0, c1, stride=2))
+        else:  # no full-resolution conv: one strided conv
+            self.stem = nn.Sequential(_conv_bn(in_chans, c1, stride=2))
         self.stage1 = nn.Sequential(*[ACmixBlock(c1, heads=heads, kernel_att=ka[0], drop_path=rates[i])
                                       for i in range(depths[0])])
         self.down = _conv_bn(c1, c2, stride=2)
