@@ -46,6 +46,7 @@ def _compare(entry, size, batch, backend, dtype, seed):
     go = torch.randn(batch, entry[1], ho, wo, generator=g, dtype=torch.float64).to(dtype)
     out, grads = _run(layer, x, backend, go)
     ref_layer = make_layer(entry, seed=seed, dtype=torch.float64)
+    ref_layer.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})  # the same rounded weights
     x64 = x.detach().double().requires_grad_()
     ref, ref_grads = _run(ref_layer, x64, Backend.REFERENCE, go.double())
     return out, grads, ref, ref_grads
@@ -83,22 +84,34 @@ def test_fast_tiny_maps(path, size, stride, dilation):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
 
 
-def test_compiled_kernel_gradcheck():
+@pytest.mark.parametrize(("heads", "ka", "kc", "stride", "dil", "size", "att", "conv", "pe", "bias"), [
+    (2, 3, 3, 1, 1, (4, 5), True, True, True, True),
+    (1, 3, 1, 2, 2, (5, 3), True, True, True, False),
+    (2, 5, 3, 2, 1, (3, 4), True, False, False, False),
+    (2, 3, 3, 2, 1, (4, 4), False, True, False, True),
+])
+def test_compiled_kernel_gradcheck(heads, ka, kc, stride, dil, size, att, conv, pe, bias):
     if not native.available():
         pytest.skip("no C++ compiler")
     g = torch.Generator().manual_seed(0)
-    for stride, dil, size in ((1, 1, (4, 5)), (2, 2, (5, 3))):
-        b, heads, hd = 2, 2, 3
-        ho, wo = (size[0] - 1) // stride + 1, (size[1] - 1) // stride + 1
-        q = torch.randn(b, heads, hd, ho, wo, generator=g, dtype=torch.float64, requires_grad=True)
-        r = torch.randn(b, heads, 2, ho, wo, generator=g, dtype=torch.float64, requires_grad=True)
-        k = torch.randn(b, heads, hd, *size, generator=g, dtype=torch.float64, requires_grad=True)
-        v = torch.randn(b, heads, hd, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    hd = 2
+    c = heads * hd
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    qkv = r(2, 3 * c, *size)
+    wp = r(hd, 2) if pe else None
+    wc = r(c, 3 * heads, kc, kc) if conv else None
+    cb = r(c) if bias and conv else None
+    rates = (r(1), r(1))
 
-        def fn(q, r, k, v, stride=stride, dil=dil):
-            return native.local_attention(q, r, k, v, scale=0.7, kernel=3, stride=stride, dilation=dil)
+    def fn(qkv, *rest):
+        it = iter(rest)
+        wp_, wc_, cb_ = (next(it) if t is not None else None for t in (wp, wc, cb))
+        return native.stage2(qkv, heads=heads, pe_weight=wp_, conv_weight=wc_, conv_bias=cb_, rate_att=next(it),
+                             rate_conv=next(it), has_attention=att, kernel_att=ka, kernel_conv=kc, stride=stride,
+                             dilation=dil)
 
-        assert torch.autograd.gradcheck(fn, (q, r, k, v), eps=1e-6, atol=1e-7)
+    inputs = [t for t in (qkv, wp, wc, cb, *rates) if t is not None]
+    assert torch.autograd.gradcheck(fn, tuple(inputs), eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("shift", list(ShiftMode))
@@ -142,10 +155,8 @@ def test_dispatcher_choices_and_context():
         pass
 
 
-@pytest.mark.parametrize("backend", [Backend.EAGER, Backend.COMPILED])
+@pytest.mark.parametrize("backend", [Backend.EAGER, Backend.AUTO])
 def test_fast_low_precision_and_autocast(backend):
-    if backend is Backend.COMPILED and not native.available():
-        pytest.skip("no C++ compiler")
     layer = make_layer((8, 16, 4, 7, 3, 2, 1, {}), seed=3, dtype=torch.float32)
     x = torch.randn(2, 8, 15, 13, requires_grad=True)
     ref = acmix_reference(x.double(), make_layer((8, 16, 4, 7, 3, 2, 1, {}), seed=3).weights(), layer.config)
@@ -154,6 +165,10 @@ def test_fast_low_precision_and_autocast(backend):
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all()
     assert _rel_err(out.float(), ref) < 0.03
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_backend(x, layer.config) is Backend.EAGER  # the kernel is float32/float64 only
+        with pytest.raises(ValueError, match="outside autocast"):
+            acmix(x, layer.weights(), layer.config, backend=Backend.COMPILED)
     half = make_layer((8, 16, 4, 7, 3, 2, 1, {}), seed=3, dtype=torch.float16)
     out16 = acmix(x.detach().half(), half.weights(), half.config, backend=Backend.EAGER)
     assert out16.dtype == torch.float16 and _rel_err(out16.float(), ref) < 0.03

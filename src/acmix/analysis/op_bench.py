@@ -4,7 +4,8 @@ Everything is measured in one process, in interleaved rounds (each round runs
 every implementation once, in a rotating order), and reported as medians and as
 ratios to the convolution measured alongside, because these machines are
 shared and noisy.  Peak memory is the largest amount of tensor memory alive
-during one forward+backward beyond what existed before it: on CUDA from the
+during one forward+backward (the upstream gradient of the output included)
+beyond what existed before it: on CUDA from the
 caching allocator's counters, on CPU by tracking every tensor an operator
 allocates (a ``TorchDispatchMode``; views and in-place results are not new
 memory).
@@ -139,14 +140,14 @@ def run(*, batch: int = 8, shapes=SHAPES, strides=(1, 2), rounds: int = 5, devic
                             requires_grad=True)
             ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if amp else _null
 
-            def fwd(f=None):
+            def fwd(f, x=x, ctx=ctx):
                 with torch.no_grad(), ctx():
                     f(x)
 
-            def fwd_bwd(f=None):
+            def fwd_bwd(f, x=x, ctx=ctx):
                 with ctx():
                     out = f(x)
-                out.float().sum().backward()
+                out.backward(torch.randn_like(out))  # a full upstream gradient, as inside a network
                 x.grad = None
 
             first = {}

@@ -1,10 +1,11 @@
 """Fast exact ACmix: the rewrites of SPEC section 2, shared by the eager and compiled paths.
 
-* Stage I is one GEMM (rewrite 4) whose output channels are ordered
-  ``(d, piece)`` -- ``d`` the channel within a head, ``piece = which*heads + head``
-  for ``which`` in q, k, v.  That is exactly the input layout of the convolution
-  path's group convolution, so no permute copy is needed there; the attention
-  path reads q, k, v of each head as strided views.
+* Stage I is one GEMM (rewrite 4).  On the eager path its output channels are
+  ordered ``(d, piece)`` -- ``d`` the channel within a head, ``piece =
+  which*heads + head`` for ``which`` in q, k, v -- exactly the input layout of
+  the convolution path's group convolution, so no permute copy is needed there;
+  the attention reads q, k, v of each head as strided views.  The compiled
+  kernel reads any channel in place and takes the plain ``[q, k, v]`` order.
 * The convolution path folds ``fc`` into the group convolution (rewrite 3):
   ``W'[o, p] = sum_t W[o, t] fc[t, p]``, one group conv with ``3*heads`` inputs
   per group.  An ``fc`` bias (Swin) is carried exactly by convolving a map of
@@ -160,42 +161,55 @@ def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale:
 
 
 def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) -> Tensor:
-    """ACmix forward with the rewrites; ``compiled`` selects the CPU kernel for the window attention."""
+    """ACmix forward with the rewrites; ``compiled`` runs Stage II on the C++ CPU kernel where it applies."""
     check_input(x, cfg)
     check_weights(w, cfg)
     b, _, h, wd = x.shape
     heads, hd, c, s = cfg.heads, cfg.head_dim, cfg.out_channels, cfg.stride
 
+    compiled = compiled and native.fits(x)
     weight = torch.cat([w.q_weight, w.k_weight, w.v_weight])
     biases = (w.q_bias, w.k_bias, w.v_bias)
     bias = None
     if any(t is not None for t in biases):
         bias = torch.cat([t if t is not None else weight.new_zeros(c) for t in biases])
-    # output channel order (d, which, head): the group conv's input layout
-    weight = weight.reshape(3, heads, hd, -1).permute(2, 0, 1, 3).reshape(3 * c, -1, 1, 1)
-    if bias is not None:
-        bias = bias.reshape(3, heads, hd).permute(2, 0, 1).reshape(3 * c)
+    if not compiled:  # eager: channel order (d, which, head), the group conv's input layout
+        weight = weight.reshape(3, heads, hd, -1).permute(2, 0, 1, 3).reshape(3 * c, -1, 1, 1)
+        if bias is not None:
+            bias = bias.reshape(3, heads, hd).permute(2, 0, 1).reshape(3 * c)
     qkv = F.conv2d(x, weight, bias).contiguous()
+
+    conv_w = None
+    if cfg.has_conv:
+        full = _full_conv_weight(w.conv_weight, cfg.shift, c, cfg.kernel_conv, like=qkv.new_empty(hd))
+        conv_w = torch.einsum("otuv,tp->opuv", full, w.fc_weight.reshape(cfg.kernel_conv**2, -1).to(full.dtype))
+    pe_w = None
+    if cfg.has_attention and cfg.position_encoding:
+        pe_w = w.pe_weight.reshape(hd, 2)
+        if w.pe_bias is not None:  # it cancels; a zero gradient keeps DDP's every-parameter check happy
+            pe_w = pe_w + 0 * w.pe_bias.sum()
+    args = {"scale": hd**-0.5, "kernel": cfg.kernel_att, "stride": s, "dilation": cfg.dilation}
+
+    if compiled:
+        one = qkv.new_ones(1)
+        rate_att = w.rate_att if cfg.has_attention and cfg.has_conv else one
+        rate_conv = w.rate_conv if cfg.has_attention and cfg.has_conv else one
+        return native.stage2(qkv, heads=heads, pe_weight=pe_w, conv_weight=conv_w, conv_bias=w.conv_bias,
+                             rate_att=rate_att, rate_conv=rate_conv, has_attention=cfg.has_attention,
+                             kernel_att=cfg.kernel_att, kernel_conv=cfg.kernel_conv, stride=s,
+                             dilation=cfg.dilation)
 
     parts = []
     if cfg.has_attention:
         q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)
         qs = q[..., ::s, ::s].contiguous()  # (B, heads, hd, Ho, Wo)
-        scale = hd**-0.5
         r = None
-        if cfg.position_encoding:
-            r = torch.einsum("dc,bhdij->bhcij", w.pe_weight.reshape(hd, 2).to(qs.dtype), qs) * scale
-            if w.pe_bias is not None:  # it cancels; a zero gradient keeps DDP's every-parameter check happy
-                r = r + 0 * w.pe_bias.sum()
-        args = {"scale": scale, "kernel": cfg.kernel_att, "stride": s, "dilation": cfg.dilation}
-        if compiled and qs.device.type == "cpu" and qs.dtype in (torch.float32, torch.float64):
-            parts.append(native.local_attention(qs, r, k, v, **args))
-        else:
-            parts.append(attention_eager(qs, r, k, v, **args))
+        if pe_w is not None:
+            r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
+        parts.append(attention_eager(qs, r, k, v, **args))
     if cfg.has_conv:
-        conv_w = _full_conv_weight(w.conv_weight, cfg.shift, c, cfg.kernel_conv, like=qkv.new_empty(hd))
-        parts.append(_folded_conv(qkv, w.fc_weight, conv_w, w.conv_bias, None, kernel=cfg.kernel_conv, stride=s,
-                                  groups=hd))
+        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2,
+                              groups=hd))
     if len(parts) == 1:
         return parts[0]
     return w.rate_att * parts[0] + w.rate_conv * parts[1]

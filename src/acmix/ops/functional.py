@@ -68,23 +68,22 @@ def _as_backend(backend: Backend | str) -> Backend:
 
 
 def _compiled_fits(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _exporting()
+    return native.fits(x) and not _exporting()
 
 
 def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
-def resolve_backend(x: Tensor, cfg: ACmixConfig | None = None, backend: Backend | str | None = None) -> Backend:
+def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None = None) -> Backend:
     """The implementation a call with this input would use."""
     chosen = _as_backend(backend) if backend is not None else _default()
     if chosen is Backend.AUTO:
-        if cfg is not None and not cfg.has_attention:
-            return Backend.EAGER  # the compiled kernel is attention only
         return Backend.COMPILED if _compiled_fits(x) and native.available() else Backend.EAGER
     if chosen is Backend.COMPILED:
         if not _compiled_fits(x):
-            raise ValueError(f"backend='compiled' runs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+            raise ValueError(f"backend='compiled' runs float32/float64 CPU tensors outside autocast, got {x.dtype} "
+                             f"on {x.device}")
         if not native.available():
             raise RuntimeError("backend='compiled' requested but the C++ kernel could not be built; "
                                "use backend='eager'")

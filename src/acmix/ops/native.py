@@ -1,11 +1,12 @@
-"""The compiled CPU kernel for ACmix's local attention, built on first use.
+"""The compiled CPU kernel for ACmix's Stage II, built on first use.
 
-``csrc/local_attention.cpp`` holds a forward and a hand-written backward (SPEC
-section 2: window offset outer, pixel x inner, so the loops vectorise; the
-softmax ``P`` is saved, ``k^2`` values per pixel and head).  It is compiled
+``csrc/stage2.cpp`` holds a forward and a hand-written backward of both paths
+fused into one output (SPEC section 2: window or kernel offset outer, pixel x
+inner, so the loops vectorise; the softmax is recomputed in the backward
+instead of stored, so only the Stage-I map is kept for it).  It is compiled
 with the machine's C++ compiler through ``torch.utils.cpp_extension`` the
 first time it is needed (tens of seconds, cached on disk afterwards) and
-registered as the custom op ``acmix::local_attention`` so that autograd,
+registered as the custom op ``acmix::stage2`` so that autograd,
 ``torch.compile`` and FakeTensor tracing see one opaque op.  Where no compiler
 is available, :func:`available` is False and the dispatcher uses the eager path.
 """
@@ -23,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "build_seconds", "local_attention"]
+__all__ = ["available", "build_seconds", "fits", "stage2"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "local_attention.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "stage2.cpp"
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
@@ -54,7 +55,7 @@ def _load():
             flags = ["-O3", "-ffast-math", "-fopenmp"]
             if os.environ.get("ACMIX_NATIVE_MARCH", "native"):
                 flags.append(f"-march={os.environ.get('ACMIX_NATIVE_MARCH', 'native')}")
-            _module = load(name="acmix_local_attention_cpu", sources=[str(_SOURCE)], extra_cflags=flags,
+            _module = load(name="acmix_stage2_cpu", sources=[str(_SOURCE)], extra_cflags=flags,
                            extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # a broken toolchain must not break the layer
             _failed = f"{type(exc).__name__}: {exc}"
@@ -70,6 +71,12 @@ def available() -> bool:
     return _load() is not None
 
 
+def fits(x: Tensor) -> bool:
+    """Whether the kernel can run this input: float32/float64 on the CPU, not under autocast."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def build_seconds() -> float | None:
     """Seconds the first load took in this process (compile or cache hit), None if not loaded."""
     return _build_seconds
@@ -83,69 +90,72 @@ def _geometry(h: int, w: int, pad: int, device: torch.device, dtype: torch.dtype
     rw = reflect_index(w, pad, device=device)
     lx = torch.arange(w, device=device, dtype=dtype) * (2.0 / max(w - 1, 1)) - 1.0
     ly = torch.arange(h, device=device, dtype=dtype) * (2.0 / max(h - 1, 1)) - 1.0
-    return rh, rw, lx, ly
+    return rh, rw, lx[rw].contiguous(), ly
 
 
-@torch.library.custom_op("acmix::local_attention", mutates_args=())
-def _local_attention(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, scale: float, kernel: int, stride: int,
-                     dilation: int) -> tuple[Tensor, Tensor]:
-    pad = dilation * (kernel - 1) // 2
-    rh, rw, lx, ly = _geometry(k.shape[-2], k.shape[-1], pad, k.device, k.dtype)
-    out, p = _load().local_attention_forward(q, r, k, v, rh, rw, lx, ly, scale, kernel, stride, dilation)
-    return out, p
+@torch.library.custom_op("acmix::stage2", mutates_args=())
+def _stage2(qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor | None, rate1: Tensor, rate2: Tensor,
+            heads: int, has_att: bool, kernel_att: int, kernel_conv: int, stride: int, dilation: int) -> Tensor:
+    geo = _geometry(qkv.shape[-2], qkv.shape[-1], dilation * (kernel_att - 1) // 2, qkv.device, qkv.dtype)
+    return _load().stage2_forward(qkv, wp, wc, bias, rate1.item(), rate2.item(), *geo, heads, has_att, kernel_att,
+                                  kernel_conv, stride, dilation, _scale(qkv, heads))
 
 
-@_local_attention.register_fake
-def _(q, r, k, v, scale, kernel, stride, dilation):
-    b, heads, hd, ho, wo = q.shape
-    return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, kernel * kernel, ho, wo)
+@_stage2.register_fake
+def _(qkv, wp, wc, bias, rate1, rate2, heads, has_att, kernel_att, kernel_conv, stride, dilation):
+    b, c3, h, w = qkv.shape
+    return qkv.new_empty(b, c3 // 3, (h - 1) // stride + 1, (w - 1) // stride + 1)
 
 
-@torch.library.custom_op("acmix::local_attention_backward", mutates_args=())
-def _local_attention_backward(gout: Tensor, out: Tensor, p: Tensor, q: Tensor, r: Tensor | None, k: Tensor,
-                              v: Tensor, scale: float, kernel: int, stride: int,
-                              dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    pad = dilation * (kernel - 1) // 2
-    rh, rw, lx, ly = _geometry(k.shape[-2], k.shape[-1], pad, k.device, k.dtype)
-    gq, gr, gk, gv = _load().local_attention_backward(gout, out, p, q, r, k, v, rh, rw, lx, ly, scale, kernel,
-                                                      stride, dilation)
-    if gr is None:
-        gr = q.new_empty(0)
-    return gq, gr, gk, gv
+@torch.library.custom_op("acmix::stage2_backward", mutates_args=())
+def _stage2_backward(gout: Tensor, qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor | None,
+                     rate1: Tensor, rate2: Tensor, heads: int, has_att: bool, kernel_att: int, kernel_conv: int,
+                     stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    geo = _geometry(qkv.shape[-2], qkv.shape[-1], dilation * (kernel_att - 1) // 2, qkv.device, qkv.dtype)
+    grads = _load().stage2_backward(gout, qkv, wp, wc, bias, rate1.item(), rate2.item(), *geo, heads, has_att,
+                                    kernel_att, kernel_conv, stride, dilation, _scale(qkv, heads))
+    return tuple(g if g is not None else qkv.new_empty(0) for g in grads)
 
 
-@_local_attention_backward.register_fake
-def _(gout, out, p, q, r, k, v, scale, kernel, stride, dilation):
-    gr = torch.empty_like(r) if r is not None else q.new_empty(0)
-    return torch.empty_like(q), gr, k.new_empty(k.shape), v.new_empty(v.shape)
+@_stage2_backward.register_fake
+def _(gout, qkv, wp, wc, bias, rate1, rate2, heads, has_att, kernel_att, kernel_conv, stride, dilation):
+    def like(t):
+        return torch.empty_like(t) if t is not None else qkv.new_empty(0)
+
+    return torch.empty_like(qkv), like(wp), like(wc), like(bias), rate1.new_empty(1), rate2.new_empty(1)
+
+
+def _scale(qkv: Tensor, heads: int) -> float:
+    return float((qkv.shape[1] // 3 // heads) ** -0.5)
 
 
 def _setup(ctx, inputs, output):
-    q, r, k, v, scale, kernel, stride, dilation = inputs
-    out, p = output
-    ctx.save_for_backward(q, r, k, v, out, p)
-    ctx.args = (scale, kernel, stride, dilation)
+    qkv, wp, wc, bias, rate1, rate2, *args = inputs
+    ctx.save_for_backward(qkv, wp, wc, bias, rate1, rate2)
+    ctx.args = args
 
 
-def _backward(ctx, gout, gp):
-    q, r, k, v, out, p = ctx.saved_tensors
-    gq, gr, gk, gv = _local_attention_backward(gout, out, p, q, r, k, v, *ctx.args)
-    return gq, (gr if r is not None else None), gk, gv, None, None, None, None
+def _backward(ctx, gout):
+    qkv, wp, wc, bias, rate1, rate2 = ctx.saved_tensors
+    gqkv, gwp, gwc, gbias, g1, g2 = _stage2_backward(gout, qkv, wp, wc, bias, rate1, rate2, *ctx.args)
+    present = (wp is not None, wc is not None, bias is not None)
+    gwp, gwc, gbias = (g if p else None for g, p in zip((gwp, gwc, gbias), present))
+    return gqkv, gwp, gwc, gbias, g1, g2, None, None, None, None, None, None
 
 
-_local_attention.register_autograd(_backward, setup_context=_setup)
+_stage2.register_autograd(_backward, setup_context=_setup)
 
 
-def local_attention(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
-                    stride: int, dilation: int) -> Tensor:
-    """Window attention of ACmix on the compiled kernel.
+def stage2(qkv: Tensor, *, heads: int, pe_weight: Tensor | None, conv_weight: Tensor | None,
+           conv_bias: Tensor | None, rate_att: Tensor, rate_conv: Tensor, has_attention: bool, kernel_att: int,
+           kernel_conv: int, stride: int, dilation: int) -> Tensor:
+    """ACmix Stage II on the compiled kernel: ``rate_att * att + rate_conv * (conv + bias)``.
 
-    ``q`` is the strided query map ``(B, heads, hd, Ho, Wo)``, ``r = W_p^T (scale q)``
-    the position term ``(B, heads, 2, Ho, Wo)`` or None, ``k``/``v`` are
-    ``(B, heads, hd, H, W)`` views with contiguous rows.  Returns ``(B, heads*hd, Ho, Wo)``.
+    ``qkv`` is the Stage-I map ``(B, 3C, H, W)``, channels ``[q, k, v]`` with heads contiguous;
+    ``pe_weight`` ``(head_dim, 2)`` or None; ``conv_weight`` the folded group-conv kernel
+    ``(C, 3*heads, k, k)`` or None for attention only.
     """
     if _load() is None:
         raise RuntimeError(f"acmix: the compiled CPU kernel is unavailable ({_failed})")
-    if r is not None:
-        r = r.contiguous()
-    return _local_attention(q.contiguous(), r, k, v, float(scale), kernel, stride, dilation)[0]
+    return _stage2(qkv.contiguous(), pe_weight, conv_weight, conv_bias, rate_att, rate_conv, heads, has_attention,
+                   kernel_att, kernel_conv, stride, dilation)
