@@ -48,6 +48,13 @@ def _load():
         if _compiler() is None:
             _failed = "no C++ compiler found"
             return None
+        if shutil.which("ninja") is None:  # the PyPI ninja package, when the venv is not activated
+            try:
+                import ninja
+
+                os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+            except ImportError:
+                pass
         start = time.perf_counter()
         try:
             from torch.utils.cpp_extension import load
