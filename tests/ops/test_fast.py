@@ -140,8 +140,9 @@ def test_shift_conv_fast_matches_reference(shift, kc, stride, fc_bias, conv_bias
 def test_dispatcher_choices_and_context():
     x = torch.randn(1, 4, 5, 5)
     layer = ACmix(4, 8)
+    assert resolve_backend(x, layer.config) is Backend.EAGER  # small map: dense attention
     expect = Backend.COMPILED if native.available() else Backend.EAGER
-    assert resolve_backend(x, layer.config) is expect
+    assert resolve_backend(torch.randn(1, 4, 28, 28), layer.config) is expect
     assert resolve_backend(x.to(torch.bfloat16), layer.config) is Backend.EAGER
     with use_backend("reference"):
         assert resolve_backend(x, layer.config) is Backend.REFERENCE

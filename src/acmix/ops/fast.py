@@ -31,7 +31,7 @@ from . import native
 from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_index, shift_kernel
 from .config import ACmixConfig, ShiftMode
 
-__all__ = ["acmix_fast", "attention_eager", "shift_conv_fast"]
+__all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "shift_conv_fast"]
 
 TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPEC section 2)
 GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
@@ -119,6 +119,12 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     return out.squeeze(1)[..., :ev]
 
 
+def dense_attention_fits(h: int, w: int, stride: int) -> bool:
+    """Whether the eager path attends over the whole map (``log(multiplicity)`` bias) at this size."""
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    return ho * wo * h * w <= GLOBAL_MAX
+
+
 def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
                     stride: int, dilation: int) -> Tensor:
     """Window attention as dense attention (same contract as :func:`native.local_attention`)."""
@@ -132,7 +138,7 @@ def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale:
         k = torch.cat([k, loc], 2)
     e = q.shape[2]
     key = (kernel, stride, dilation)
-    if ho * wo * h * w <= GLOBAL_MAX:
+    if dense_attention_fits(h, w, stride):
         bias = _log_multiplicity(h, w, key, q.device, q.dtype)
         out = _sdpa(q.reshape(n, e, ho * wo).transpose(1, 2), k.reshape(n, e, h * w).transpose(1, 2),
                     v.reshape(n, hd, h * w).transpose(1, 2), bias)
