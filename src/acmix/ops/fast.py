@@ -53,7 +53,7 @@ def _folded_conv(inp: Tensor, fc_weight: Tensor, conv_weight: Tensor, conv_bias:
     """fc then shift conv as one group conv; ``inp`` channels are ordered ``(d, piece)``."""
     k2 = kernel * kernel
     fc = fc_weight.reshape(k2, -1).to(conv_weight.dtype)
-    folded = torch.einsum("otuv,tp->opuv", conv_weight, fc).to(inp.dtype)
+    folded = torch.einsum("otuv,tp->opuv", conv_weight, fc).to(inp.dtype).contiguous()  # else a slow conv path
     out = F.conv2d(inp, folded, conv_bias, stride=stride, padding=kernel // 2, groups=groups)
     if fc_bias is not None:
         bias_kernel = torch.einsum("otuv,t->ouv", conv_weight, fc_bias.to(conv_weight.dtype)).unsqueeze(1)
@@ -110,7 +110,14 @@ def _tile_mask(tile: int, halo: tuple[int, int], cfg_key: tuple[int, int, int], 
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev) (scale already in q)."""
+    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev) (scale already in q).
+
+    On CUDA through ``scaled_dot_product_attention`` (fused kernels, no score
+    matrix kept); on the CPU as baddbmm + softmax + bmm, which measured faster
+    there than SDPA's masked math path.
+    """
+    if q.device.type != "cuda":
+        return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1) @ v
     ev = v.shape[-1]
     if ev < q.shape[-1]:  # kernels want equal head dims: zero channels change nothing
         v = F.pad(v, (0, q.shape[-1] - ev))
@@ -214,8 +221,8 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) 
             r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
         parts.append(attention_eager(qs, r, k, v, **args))
     if cfg.has_conv:
-        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2,
-                              groups=hd))
+        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype).contiguous(), w.conv_bias, stride=s,
+                              padding=cfg.kernel_conv // 2, groups=hd))
     if len(parts) == 1:
         return parts[0]
     return w.rate_att * parts[0] + w.rate_conv * parts[1]

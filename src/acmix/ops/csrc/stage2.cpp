@@ -373,41 +373,77 @@ void conv_forward(const Ctx<T>& c, int64_t b, int64_t grp, const T* __restrict__
   }
 }
 
+// conv path backward for group grp over the whole batch.  The input gradient
+// (stride 1) is the adjoint convolution read from zero-padded gradient rows, so
+// each block sums its M*kc terms in registers; the weight gradient is kept as
+// per-lane partial sums (gvec) and reduced once at the end, so no short-row
+// horizontal sums are needed.
 template <typename T, bool UNIT, int64_t XB>
 void conv_backward(const Ctx<T>& c, int64_t grp, const T* __restrict__ wc, T rate2, const T* __restrict__ gout,
                    T* __restrict__ gqkv, double* __restrict__ gw, double* __restrict__ gsum, std::vector<T>& ib,
-                   std::vector<T>& gb, std::vector<T>& grow) {
+                   std::vector<T>& gb, std::vector<T>& grow, std::vector<T>& gvec) {
   // gw accumulates sum gout * in (without rate2); gsum[m] = sum of gout over output channel grp*M + m
   const Geo& g = c.g;
   const int64_t P = 3 * g.heads, M = g.C / g.hd, kc = g.kc, s = g.s, HW = g.H * g.W;
+  const int64_t GW = grow.size() / M, lead = kc - 1;
+  std::fill(gvec.begin(), gvec.end(), T(0));
   for (int64_t b = 0; b < g.B; ++b) {
     for (int64_t i = 0; i < g.Ho; ++i) {
       conv_rows(c, b, grp, i, ib.data());
       for (int64_t m = 0; m < M; ++m) {
         const T* src = gout + ((b * g.C + grp * M + m) * g.Ho + i) * g.Wo;
-        std::copy(src, src + g.Wo, grow.data() + m * g.Wob);  // tail stays zero
+        std::copy(src, src + g.Wo, grow.data() + m * GW + lead);  // zeros around it stay
         double sm = 0;
         for (int64_t x = 0; x < g.Wo; ++x) sm += src[x];
         gsum[m] += sm;
       }
-      std::fill(gb.begin(), gb.end(), T(0));
+      // weight gradient partials: gvec[((m*P + p)*kc + u)*kc + v][j] += g_m[x0+j] * in_up[(x0+j)*s + v]
       for (int64_t up = 0; up < kc * P; ++up) {
         const int64_t u = up / P, p = up % P;
         const T* __restrict__ in0 = ib.data() + up * g.Wzb;
-        T* __restrict__ gdst0 = gb.data() + up * g.Wzb;
-        for (int64_t m = 0; m < M; ++m) {
-          const int64_t widx = (((grp * M + m) * P + p) * kc + u) * kc;
-          const T* __restrict__ gm = grow.data() + m * g.Wob;
-          for (int64_t v = 0; v < kc; ++v) {
-            const T wv = rate2 * wc[widx + v];
-            const T* __restrict__ in = in0 + v;
-            T* __restrict__ gdst = gdst0 + v;
-            T dot = 0;
-            for (int64_t x = 0; x < g.Wo; ++x) {
-              dot += gm[x] * in[UNIT ? x : x * s];
-              gdst[UNIT ? x : x * s] += wv * gm[x];
+        for (int64_t x0 = 0; x0 < g.Wob; x0 += XB) {
+          for (int64_t m = 0; m < M; ++m) {
+            const T* __restrict__ gm = grow.data() + m * GW + lead + x0;
+            for (int64_t v = 0; v < kc; ++v) {
+              T* __restrict__ gv = gvec.data() + (((m * P + p) * kc + u) * kc + v) * XB;
+              const T* __restrict__ src = in0 + v + (UNIT ? x0 : x0 * s);
+              for (int64_t j = 0; j < XB; ++j) gv[j] += gm[j] * src[UNIT ? j : j * s];
             }
-            gw[widx + v] += dot;
+          }
+        }
+      }
+      // input gradient on the zero-padded rows: gb[up][xz] = sum_{m,v} rate2 W[m,p,u,v] g_m[(xz - v) / s]
+      if (UNIT) {
+        for (int64_t up = 0; up < kc * P; ++up) {
+          const int64_t u = up / P, p = up % P;
+          T* dst = gb.data() + up * g.Wzb;
+          for (int64_t x0 = 0; x0 < g.Wz; x0 += XB) {
+            T acc[XB] = {};
+            for (int64_t m = 0; m < M; ++m) {
+              const T* wrow = wc + (((grp * M + m) * P + p) * kc + u) * kc;
+              for (int64_t v = 0; v < kc; ++v) {
+                const T wv = rate2 * wrow[v];
+                const T* __restrict__ src = grow.data() + m * GW + lead + x0 - v;
+                for (int64_t j = 0; j < XB; ++j) acc[j] += wv * src[j];
+              }
+            }
+            const int64_t n = std::min(XB, g.Wz - x0);
+            for (int64_t j = 0; j < n; ++j) dst[x0 + j] = acc[j];
+          }
+        }
+      } else {
+        std::fill(gb.begin(), gb.end(), T(0));
+        for (int64_t up = 0; up < kc * P; ++up) {
+          const int64_t u = up / P, p = up % P;
+          T* __restrict__ gdst0 = gb.data() + up * g.Wzb;
+          for (int64_t m = 0; m < M; ++m) {
+            const T* wrow = wc + (((grp * M + m) * P + p) * kc + u) * kc;
+            const T* __restrict__ gm = grow.data() + m * GW + lead;
+            for (int64_t v = 0; v < kc; ++v) {
+              const T wv = rate2 * wrow[v];
+              T* __restrict__ gdst = gdst0 + v;
+              for (int64_t x = 0; x < g.Wo; ++x) gdst[x * s] += wv * gm[x];
+            }
           }
         }
       }
@@ -422,6 +458,14 @@ void conv_backward(const Ctx<T>& c, int64_t grp, const T* __restrict__ wc, T rat
       }
     }
   }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t uv = 0; uv < kc * kc; ++uv) {
+        const T* gv = gvec.data() + ((m * P + p) * kc * kc + uv) * XB;
+        double sum = 0;
+        for (int64_t j = 0; j < XB; ++j) sum += gv[j];
+        gw[(((grp * M + m) * P + p) * kc * kc) + uv] += sum;
+      }
 }
 
 Geo make_geo(const at::Tensor& qkv, int64_t heads, int64_t ka, int64_t kc, int64_t s, int64_t dil) {
@@ -569,11 +613,13 @@ std::vector<at::Tensor> stage2_backward(at::Tensor gout, at::Tensor qkv, c10::op
       const T* w = wc.data_ptr<T>();
       at::parallel_for(0, g.hd, 1, [&](int64_t begin, int64_t end) {
         const int64_t P = 3 * g.heads, M = g.C / g.hd;
-        std::vector<T> ib(g.kc * P * g.Wzb, T(0)), gb(g.kc * P * g.Wzb, T(0)), grow(M * g.Wob, T(0));
+        const int64_t GW = g.kc - 1 + g.Wz + 2 * g.xb;  // gradient row with zero lead and tail
+        std::vector<T> ib(g.kc * P * g.Wzb, T(0)), gb(g.kc * P * g.Wzb, T(0)), grow(M * GW, T(0));
+        std::vector<T> gvec(M * P * g.kc * g.kc * g.xb);
         for (int64_t grp = begin; grp < end; ++grp) {
           double* gs = gsum.data_ptr<double>() + grp * M;
           double* gw = gwc.data_ptr<double>();
-          DISPATCH_BLOCK(g, conv_backward, c, grp, w, T(rate2), go, gq, gw, gs, ib, gb, grow);
+          DISPATCH_BLOCK(g, conv_backward, c, grp, w, T(rate2), go, gq, gw, gs, ib, gb, grow, gvec);
         }
       });
     }
