@@ -30,9 +30,16 @@ namespace {
 // 16-lane accumulator chains), chosen per map width by the entry points.
 inline int64_t round_up(int64_t n, int64_t xb) { return (n + xb - 1) / xb * xb; }
 
+// Padded rows are stored split into s phases (element xp at (xp % s)*L + xp / s),
+// so that a window or kernel offset under stride s is a unit-stride run: the
+// output x reads element x*s + off at phase off % s, position x + off / s.
 struct Geo {
   int64_t B, heads, hd, C, H, W, Ho, Wo, Wob;  // Wob: Wo rounded up to the block width xb
-  int64_t ka, kc, s, dil, pad_a, pad_c, Wp, Wpb, Wz, Wzb, xb;
+  int64_t ka, kc, s, dil, pad_a, pad_c, Wp, Wz, Wzb, xb;
+  int64_t Lp, RS;  // attention rows: phase length, row stride (s * Lp)
+  int64_t Lz, RZ;  // convolution input rows: phase length, row stride (s * Lz)
+  int64_t at(int64_t off) const { return (off % s) * Lp + off / s; }
+  int64_t atz(int64_t off) const { return (off % s) * Lz + off / s; }
 };
 
 template <typename T>
@@ -44,6 +51,7 @@ struct Ctx {
   const T* lxp;       // x location of every padded column
   const T* ly;        // y location of every row
   const T* wp;        // (hd, 2) position weights, or null
+  const int64_t* aos; // start of window column offset cc*dil in a phase-split row
   T scale;
   const T* chan(int64_t b, int64_t ch) const { return qkv + (b * 3 * g.C + ch) * g.H * g.W; }
   int64_t ch(int64_t which, int64_t h, int64_t d) const { return which * g.C + h * g.hd + d; }
@@ -51,7 +59,7 @@ struct Ctx {
   int64_t piece(int64_t p, int64_t d) const { return ch(p / g.heads, p % g.heads, d); }
 };
 
-// one head's k or v, every row reflect-padded horizontally: dst[(d*H + y)*Wpb + xp]
+// one head's k or v, every row reflect-padded horizontally: row (d, y) at dst + (d*H + y)*RS, phase-split
 template <typename T>
 void pad_map(const Ctx<T>& c, int64_t b, int64_t which, int64_t h, T* __restrict__ dst) {
   const Geo& g = c.g;
@@ -59,10 +67,14 @@ void pad_map(const Ctx<T>& c, int64_t b, int64_t which, int64_t h, T* __restrict
     const T* src = c.chan(b, c.ch(which, h, d));
     for (int64_t y = 0; y < g.H; ++y) {
       const T* row = src + y * g.W;
-      T* out = dst + (d * g.H + y) * g.Wpb;
-      for (int64_t xp = 0; xp < g.pad_a; ++xp) out[xp] = row[c.rw[xp]];
-      std::copy(row, row + g.W, out + g.pad_a);
-      for (int64_t xp = g.pad_a + g.W; xp < g.Wp; ++xp) out[xp] = row[c.rw[xp]];
+      T* out = dst + (d * g.H + y) * g.RS;
+      if (g.s == 1) {
+        for (int64_t xp = 0; xp < g.pad_a; ++xp) out[xp] = row[c.rw[xp]];
+        std::copy(row, row + g.W, out + g.pad_a);
+        for (int64_t xp = g.pad_a + g.W; xp < g.Wp; ++xp) out[xp] = row[c.rw[xp]];
+      } else {
+        for (int64_t xp = 0; xp < g.Wp; ++xp) out[g.at(xp)] = row[c.rw[xp]];
+      }
     }
   }
 }
@@ -75,10 +87,14 @@ void fold_map(const Ctx<T>& c, int64_t b, int64_t which, int64_t h, const T* __r
     T* dst = gqkv + (b * 3 * g.C + c.ch(which, h, d)) * g.H * g.W;
     for (int64_t y = 0; y < g.H; ++y) {
       T* row = dst + y * g.W;
-      const T* in = src + (d * g.H + y) * g.Wpb;
-      for (int64_t x = 0; x < g.W; ++x) row[x] += in[g.pad_a + x];
-      for (int64_t xp = 0; xp < g.pad_a; ++xp) row[c.rw[xp]] += in[xp];
-      for (int64_t xp = g.pad_a + g.W; xp < g.Wp; ++xp) row[c.rw[xp]] += in[xp];
+      const T* in = src + (d * g.H + y) * g.RS;
+      if (g.s == 1) {
+        for (int64_t x = 0; x < g.W; ++x) row[x] += in[g.pad_a + x];
+        for (int64_t xp = 0; xp < g.pad_a; ++xp) row[c.rw[xp]] += in[xp];
+        for (int64_t xp = g.pad_a + g.W; xp < g.Wp; ++xp) row[c.rw[xp]] += in[xp];
+      } else {
+        for (int64_t xp = 0; xp < g.Wp; ++xp) row[c.rw[xp]] += in[g.at(xp)];
+      }
     }
   }
 }
@@ -113,22 +129,23 @@ void softmax_row(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ q, co
   for (int64_t a = 0; a < g.ka; ++a) {
     const T lyv = c.ly[ys[a]];
     for (int64_t cc = 0; cc < g.ka; ++cc) {
-      const int64_t off = cc * g.dil;
+      const int64_t ao = c.aos[cc];
       T* __restrict__ Lt = L + (a * g.ka + cc) * Wob;
+      const T* __restrict__ lx = c.lxp + ao;
       for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
         T acc[XB];
         if (c.wp) {
           for (int64_t j = 0; j < XB; ++j) {
             const int64_t x = x0 + j;
-            acc[j] = -(r[x] * c.lxp[off + (UNIT ? x : x * s)] + r[Wob + x] * lyv);
+            acc[j] = -(r[x] * lx[x] + r[Wob + x] * lyv);
           }
         } else {
           for (int64_t j = 0; j < XB; ++j) acc[j] = 0;
         }
         for (int64_t d = 0; d < g.hd; ++d) {
           const T* __restrict__ qd = q + d * Wob + x0;
-          const T* __restrict__ kd = kb + (d * g.H + ys[a]) * g.Wpb + off + (UNIT ? x0 : x0 * s);
-          for (int64_t j = 0; j < XB; ++j) acc[j] += qd[j] * kd[UNIT ? j : j * s];
+          const T* __restrict__ kd = kb + (d * g.H + ys[a]) * g.RS + ao + x0;
+          for (int64_t j = 0; j < XB; ++j) acc[j] += qd[j] * kd[j];
         }
         for (int64_t j = 0; j < XB; ++j) Lt[x0 + j] = acc[j];
       }
@@ -154,18 +171,20 @@ void softmax_row(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ q, co
 
 // acc(d, x) = sum_t W_t[x] * rows[a(t)][d][off(t) + x*s]  (the aggregation shape), into out(d, x)
 template <typename T, bool UNIT, int64_t XB>
-void window_sum(const Geo& g, const int64_t* ys, const T* __restrict__ Wt, const T* __restrict__ rows,
+void window_sum(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ Wt, const T* __restrict__ rows,
                 T* __restrict__ out) {
-  const int64_t Wob = g.Wob, s = g.s;
+  const Geo& g = c.g;
+  const int64_t Wob = g.Wob;
+  const int64_t* aos = c.aos;
   for (int64_t d = 0; d < g.hd; ++d) {
     for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
       T acc[XB] = {};
       for (int64_t a = 0; a < g.ka; ++a) {
-        const T* __restrict__ base = rows + (d * g.H + ys[a]) * g.Wpb + (UNIT ? x0 : x0 * s);
+        const T* __restrict__ base = rows + (d * g.H + ys[a]) * g.RS + x0;
         for (int64_t cc = 0; cc < g.ka; ++cc) {
           const T* __restrict__ w = Wt + (a * g.ka + cc) * Wob + x0;
-          const T* __restrict__ src = base + cc * g.dil;
-          for (int64_t j = 0; j < XB; ++j) acc[j] += w[j] * src[UNIT ? j : j * s];
+          const T* __restrict__ src = base + aos[cc];
+          for (int64_t j = 0; j < XB; ++j) acc[j] += w[j] * src[j];
         }
       }
       for (int64_t j = 0; j < XB; ++j) out[d * Wob + x0 + j] = acc[j];
@@ -179,7 +198,7 @@ struct AttBuf {  // per-thread scratch of the attention path
   std::vector<double> D;
   std::vector<int64_t> ys;
   explicit AttBuf(const Geo& g, bool backward) : ys(g.ka) {
-    const int64_t K = g.ka * g.ka, rows = g.hd * g.H * g.Wpb;
+    const int64_t K = g.ka * g.ka, rows = g.hd * g.H * g.RS;
     q.assign(g.hd * g.Wob, 0);
     r.assign(2 * g.Wob, 0);
     kb.assign(rows, 0);
@@ -208,7 +227,7 @@ void attention_forward(const Ctx<T>& c, int64_t n, T rate1, T* __restrict__ out,
     for (int64_t a = 0; a < g.ka; ++a) w.ys[a] = c.rh[i * g.s + a * g.dil];
     load_q(c, b, h, i, w.q.data(), w.r.data());
     softmax_row<T, UNIT, XB>(c, ys, w.q.data(), w.r.data(), w.kb.data(), w.L.data(), w.tmp.data());
-    window_sum<T, UNIT, XB>(g, ys, w.L.data(), w.vb.data(), w.acc.data());
+    window_sum<T, UNIT, XB>(c, ys, w.L.data(), w.vb.data(), w.acc.data());
     for (int64_t d = 0; d < g.hd; ++d) {
       T* o = out + ((b * g.C + h * g.hd + d) * g.Ho + i) * g.Wo;
       const T* ad = w.acc.data() + d * g.Wob;
@@ -246,14 +265,13 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
     // dP_t(x) = sum_d gout(d, x) v_t(d, x)
     for (int64_t a = 0; a < g.ka; ++a) {
       for (int64_t cc = 0; cc < g.ka; ++cc) {
-        const int64_t off = cc * g.dil;
         T* __restrict__ dPt = dP + (a * g.ka + cc) * Wob;
         for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
           T acc[XB] = {};
           for (int64_t d = 0; d < g.hd; ++d) {
             const T* __restrict__ gd = go + d * Wob + x0;
-            const T* __restrict__ vd = w.vb.data() + (d * g.H + ys[a]) * g.Wpb + off + (UNIT ? x0 : x0 * s);
-            for (int64_t j = 0; j < XB; ++j) acc[j] += gd[j] * vd[UNIT ? j : j * s];
+            const T* __restrict__ vd = w.vb.data() + (d * g.H + ys[a]) * g.RS + c.aos[cc] + x0;
+            for (int64_t j = 0; j < XB; ++j) acc[j] += gd[j] * vd[j];
           }
           for (int64_t j = 0; j < XB; ++j) dPt[x0 + j] = acc[j];
         }
@@ -267,16 +285,15 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
     for (int64_t t = 0; t < K; ++t)
       for (int64_t x = 0; x < Wob; ++x) dP[t * Wob + x] = rate1 * L[t * Wob + x] * (dP[t * Wob + x] - T(D[x]));
     // gq = sum_t dS_t k_t (for qs), dr = -sum_t dS_t loc_t
-    window_sum<T, UNIT, XB>(g, ys, dP, w.kb.data(), gq);
+    window_sum<T, UNIT, XB>(c, ys, dP, w.kb.data(), gq);
     if (c.wp) {
       std::fill(dr, dr + 2 * Wob, T(0));
       for (int64_t a = 0; a < g.ka; ++a) {
         const T lyv = c.ly[ys[a]];
         for (int64_t cc = 0; cc < g.ka; ++cc) {
-          const int64_t off = cc * g.dil;
           const T* __restrict__ dS = dP + (a * g.ka + cc) * Wob;
           for (int64_t x = 0; x < g.Wo; ++x) {
-            dr[x] -= dS[x] * c.lxp[off + (UNIT ? x : x * s)];
+            dr[x] -= dS[x] * c.lxp[c.aos[cc] + x];
             dr[Wob + x] -= dS[x] * lyv;
           }
         }
@@ -300,18 +317,17 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
     // gk_t += dS_t qs, gv_t += rate1 P_t gout, on the padded maps
     for (int64_t a = 0; a < g.ka; ++a) {
       for (int64_t cc = 0; cc < g.ka; ++cc) {
-        const int64_t t = a * g.ka + cc, off = cc * g.dil;
+        const int64_t t = a * g.ka + cc;
         const T* __restrict__ dS = dP + t * Wob;
         const T* __restrict__ Pt = L + t * Wob;
         for (int64_t d = 0; d < g.hd; ++d) {
           const T* __restrict__ qd = q + d * Wob;
           const T* __restrict__ gd = go + d * Wob;
-          T* __restrict__ gkd = w.gkb.data() + (d * g.H + ys[a]) * g.Wpb + off;
-          T* __restrict__ gvd = w.gvb.data() + (d * g.H + ys[a]) * g.Wpb + off;
+          T* __restrict__ gkd = w.gkb.data() + (d * g.H + ys[a]) * g.RS + c.aos[cc];
+          T* __restrict__ gvd = w.gvb.data() + (d * g.H + ys[a]) * g.RS + c.aos[cc];
           for (int64_t x = 0; x < g.Wo; ++x) {
-            const int64_t xs = UNIT ? x : x * s;
-            gkd[xs] += dS[x] * qd[x];
-            gvd[xs] += rate1 * Pt[x] * gd[x];
+            gkd[x] += dS[x] * qd[x];
+            gvd[x] += rate1 * Pt[x] * gd[x];
           }
         }
       }
@@ -322,7 +338,7 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
   fold_map(c, b, 2, h, w.gvb.data(), gqkv);
 }
 
-// zero-padded input rows of group grp for output row i: ib[(u*P + p)*Wzb + xz]
+// zero-padded input rows of group grp for output row i: row (u, p) at ib + (u*P + p)*RZ, phase-split
 template <typename T>
 void conv_rows(const Ctx<T>& c, int64_t b, int64_t grp, int64_t i, T* __restrict__ ib) {
   const Geo& g = c.g;
@@ -330,12 +346,14 @@ void conv_rows(const Ctx<T>& c, int64_t b, int64_t grp, int64_t i, T* __restrict
   for (int64_t u = 0; u < g.kc; ++u) {
     const int64_t y = i * g.s + u - g.pad_c;
     for (int64_t p = 0; p < P; ++p) {
-      T* dst = ib + (u * P + p) * g.Wzb + g.pad_c;
-      if (y < 0 || y >= g.H) {
-        std::fill(dst, dst + g.W, T(0));
+      T* dst = ib + (u * P + p) * g.RZ;
+      const bool inside = y >= 0 && y < g.H;
+      const T* row = inside ? c.chan(b, c.piece(p, grp)) + y * g.W : nullptr;
+      if (g.s == 1) {
+        if (inside) std::copy(row, row + g.W, dst + g.pad_c);
+        else std::fill(dst + g.pad_c, dst + g.pad_c + g.W, T(0));
       } else {
-        const T* row = c.chan(b, c.piece(p, grp)) + y * g.W;
-        std::copy(row, row + g.W, dst);
+        for (int64_t x = 0; x < g.W; ++x) dst[g.atz(g.pad_c + x)] = inside ? row[x] : T(0);
       }
     }
   }
@@ -359,11 +377,11 @@ void conv_forward(const Ctx<T>& c, int64_t b, int64_t grp, const T* __restrict__
         for (int64_t up = 0; up < kc * P; ++up) {
           const int64_t u = up / P, p = up % P;
           const T* wrow = wc + ((o * P + p) * kc + u) * kc;
-          const T* __restrict__ src0 = ib.data() + up * g.Wzb + (UNIT ? x0 : x0 * s);
+          const T* __restrict__ src0 = ib.data() + up * g.RZ + x0;
           for (int64_t v = 0; v < kc; ++v) {
             const T wv = wrow[v];
-            const T* __restrict__ src = src0 + v;
-            for (int64_t j = 0; j < XB; ++j) acc[j] += wv * src[UNIT ? j : j * s];
+            const T* __restrict__ src = src0 + g.atz(v);
+            for (int64_t j = 0; j < XB; ++j) acc[j] += wv * src[j];
           }
         }
         const int64_t n = std::min(XB, g.Wo - x0);
@@ -400,14 +418,14 @@ void conv_backward(const Ctx<T>& c, int64_t grp, const T* __restrict__ wc, T rat
       // weight gradient partials: gvec[((m*P + p)*kc + u)*kc + v][j] += g_m[x0+j] * in_up[(x0+j)*s + v]
       for (int64_t up = 0; up < kc * P; ++up) {
         const int64_t u = up / P, p = up % P;
-        const T* __restrict__ in0 = ib.data() + up * g.Wzb;
+        const T* __restrict__ in0 = ib.data() + up * g.RZ;
         for (int64_t x0 = 0; x0 < g.Wob; x0 += XB) {
           for (int64_t m = 0; m < M; ++m) {
             const T* __restrict__ gm = grow.data() + m * GW + lead + x0;
             for (int64_t v = 0; v < kc; ++v) {
               T* __restrict__ gv = gvec.data() + (((m * P + p) * kc + u) * kc + v) * XB;
-              const T* __restrict__ src = in0 + v + (UNIT ? x0 : x0 * s);
-              for (int64_t j = 0; j < XB; ++j) gv[j] += gm[j] * src[UNIT ? j : j * s];
+              const T* __restrict__ src = in0 + g.atz(v) + x0;
+              for (int64_t j = 0; j < XB; ++j) gv[j] += gm[j] * src[j];
             }
           }
         }
@@ -489,16 +507,23 @@ Geo make_geo(const at::Tensor& qkv, int64_t heads, int64_t ka, int64_t kc, int64
   g.pad_a = dil * (ka - 1) / 2;
   g.pad_c = kc / 2;
   g.Wp = g.W + 2 * g.pad_a;
-  g.Wpb = std::max(g.Wp, (ka - 1) * dil + g.Wob * s) + 1;  // slack for the register blocks
+  g.Lp = std::max((g.Wp + s - 1) / s, g.Wob + (ka - 1) * dil / s + 1) + 1;  // slack for the register blocks
+  g.RS = s * g.Lp;
   g.Wz = g.W + 2 * g.pad_c;
   g.Wzb = std::max(g.Wz, kc - 1 + g.Wob * s) + 1;
+  g.Lz = std::max((g.Wz + s - 1) / s, g.Wob + (kc - 1) / s + 1) + 1;
+  g.RZ = s * g.Lz;
   return g;
 }
 
 template <typename T>
 Ctx<T> make_ctx(const Geo& g, const at::Tensor& qkv, const at::Tensor& rh, const at::Tensor& rw,
-                const at::Tensor& lxp, const at::Tensor& ly, const at::Tensor& wp, double scale) {
+                const at::Tensor& lxp, const at::Tensor& ly, const at::Tensor& wp, double scale,
+                std::vector<int64_t>& aos) {
+  aos.resize(g.ka);
+  for (int64_t cc = 0; cc < g.ka; ++cc) aos[cc] = g.at(cc * g.dil);
   Ctx<T> c;
+  c.aos = aos.data();
   c.g = g;
   c.qkv = qkv.data_ptr<T>();
   c.rh = rh.data_ptr<int64_t>();
@@ -511,9 +536,10 @@ Ctx<T> make_ctx(const Geo& g, const at::Tensor& qkv, const at::Tensor& rh, const
 }
 
 at::Tensor padded_lx(const at::Tensor& lxp, const Geo& g) {
-  // location of padded columns, with zero slack for the register blocks
-  auto out = at::zeros({g.Wpb}, lxp.options());
-  out.narrow(0, 0, g.Wp).copy_(lxp);
+  // location of padded columns, phase-split like the rows, with zero slack for the register blocks
+  auto out = at::zeros({g.RS}, lxp.options());
+  auto idx = at::arange(g.Wp, lxp.options().dtype(at::kLong));
+  out.index_copy_(0, idx.remainder(g.s) * g.Lp + idx.div(g.s, "floor"), lxp);
   return out;
 }
 
@@ -549,13 +575,14 @@ at::Tensor stage2_forward(at::Tensor qkv, c10::optional<at::Tensor> wp_, c10::op
                           : at::zeros({g.B, g.C, g.Ho, g.Wo}, qkv.options());
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "acmix_stage2_forward", [&] {
     using T = scalar_t;
-    const Ctx<T> c = make_ctx<T>(g, qkv, rh, rw, lx, ly, wp, scale);
+    std::vector<int64_t> aos;
+    const Ctx<T> c = make_ctx<T>(g, qkv, rh, rw, lx, ly, wp, scale, aos);
     T* o = out.data_ptr<T>();
     if (wc.defined()) {
       const T* w = wc.data_ptr<T>();
       const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
       at::parallel_for(0, g.B * g.hd, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> ib(g.kc * 3 * g.heads * g.Wzb, T(0));
+        std::vector<T> ib(g.kc * 3 * g.heads * g.RZ, T(0));
         for (int64_t j = begin; j < end; ++j) {
           DISPATCH_BLOCK(g, conv_forward, c, j / g.hd, j % g.hd, w, bp, T(rate2), o, ib);
         }
@@ -596,7 +623,8 @@ std::vector<at::Tensor> stage2_backward(at::Tensor gout, at::Tensor qkv, c10::op
   auto gsum = wc.defined() ? at::zeros({g.C}, f64) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "acmix_stage2_backward", [&] {
     using T = scalar_t;
-    const Ctx<T> c = make_ctx<T>(g, qkv, rh, rw, lx, ly, wp, scale);
+    std::vector<int64_t> aos;
+    const Ctx<T> c = make_ctx<T>(g, qkv, rh, rw, lx, ly, wp, scale, aos);
     const T* go = gout.data_ptr<T>();
     T* gq = gqkv.data_ptr<T>();
     if (has_att) {
@@ -614,7 +642,7 @@ std::vector<at::Tensor> stage2_backward(at::Tensor gout, at::Tensor qkv, c10::op
       at::parallel_for(0, g.hd, 1, [&](int64_t begin, int64_t end) {
         const int64_t P = 3 * g.heads, M = g.C / g.hd;
         const int64_t GW = g.kc - 1 + g.Wz + 2 * g.xb;  // gradient row with zero lead and tail
-        std::vector<T> ib(g.kc * P * g.Wzb, T(0)), gb(g.kc * P * g.Wzb, T(0)), grow(M * GW, T(0));
+        std::vector<T> ib(g.kc * P * g.RZ, T(0)), gb(g.kc * P * g.Wzb, T(0)), grow(M * GW, T(0));
         std::vector<T> gvec(M * P * g.kc * g.kc * g.xb);
         for (int64_t grp = begin; grp < end; ++grp) {
           double* gs = gsum.data_ptr<double>() + grp * M;
