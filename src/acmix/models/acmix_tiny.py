@@ -99,6 +99,11 @@ class ACmixTinyNet(nn.Module):
             nn.init.zeros_(block.bn2.weight)  # each residual block starts as the identity
 
     @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The ACmix rates (timm's optimizer factory also skips every other 1-D parameter)."""
+        return {n for n, _ in self.named_parameters() if n.endswith(("rate1", "rate2"))}
+
+    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^stem", blocks=[(r"^stage1", (0,)), (r"^down", (1,)), (r"^stage2", (2,))])
 
