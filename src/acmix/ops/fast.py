@@ -31,7 +31,7 @@ from . import native
 from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_index, shift_kernel
 from .config import ACmixConfig, ShiftMode
 
-__all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "shift_conv_fast"]
+__all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "prefer_dense", "shift_conv_fast"]
 
 TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPEC section 2)
 GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
@@ -130,6 +130,16 @@ def dense_attention_fits(h: int, w: int, stride: int) -> bool:
     """Whether the eager path attends over the whole map (``log(multiplicity)`` bias) at this size."""
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     return ho * wo * h * w <= GLOBAL_MAX
+
+
+def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
+    """Whether the eager dense attention beats the compiled row kernel at this size (measured, 2 threads).
+
+    Dense attention wastes ``H*W / kernel_att**2`` of its work but runs as GEMMs:
+    it won at 7x7 for every head_dim measured and at 14x14 from head_dim 32 up,
+    while the kernel won at 14x14 with head_dim 8 (4x in the forward) and tied at 16.
+    """
+    return dense_attention_fits(h, w, cfg.stride) and (h * w <= 64 or cfg.head_dim >= 32)
 
 
 def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,

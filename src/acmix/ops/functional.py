@@ -6,8 +6,9 @@
 * ``COMPILED``: the same, with the window attention on the C++ CPU kernel
   (``native.py``, built on first use with the machine's compiler).
 * ``AUTO`` (default): ``COMPILED`` for float32/float64 CPU tensors where the
-  kernel builds, except on small maps (up to 16x16 at stride 1), where the
-  eager dense attention is faster; else ``EAGER``; ``EAGER`` while exporting.
+  kernel builds, except where the eager dense attention measured faster
+  (:func:`acmix.ops.fast.prefer_dense`: maps up to 8x8, or up to 16x16 with
+  head_dim >= 32); else ``EAGER``; ``EAGER`` while exporting.
 
 ``backend`` picks an implementation per call; :func:`use_backend` sets the
 default for a block of code (this thread).
@@ -26,7 +27,7 @@ from torch import Tensor
 from . import native
 from .common import ACmixWeights
 from .config import ACmixConfig, ShiftMode
-from .fast import acmix_fast, dense_attention_fits, shift_conv_fast
+from .fast import acmix_fast, prefer_dense, shift_conv_fast
 from .reference import acmix_reference, shift_conv_reference
 
 __all__ = ["Backend", "acmix", "resolve_backend", "shift_conv", "use_backend"]
@@ -80,8 +81,7 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
     """The implementation a call with this input would use."""
     chosen = _as_backend(backend) if backend is not None else _default()
     if chosen is Backend.AUTO:
-        # small maps: dense attention over the whole map (eager) beats the row kernel (measured, README)
-        small = x.dim() == 4 and dense_attention_fits(x.shape[-2], x.shape[-1], cfg.stride)
+        small = x.dim() == 4 and prefer_dense(x.shape[-2], x.shape[-1], cfg)
         return Backend.COMPILED if not small and _compiled_fits(x) and native.available() else Backend.EAGER
     if chosen is Backend.COMPILED:
         if not _compiled_fits(x):
