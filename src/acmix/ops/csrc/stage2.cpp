@@ -122,6 +122,41 @@ void load_q(const Ctx<T>& c, int64_t b, int64_t h, int64_t i, T* __restrict__ q,
   }
 }
 
+// Narrow rows give one register block per row, so a single accumulator chain: work on
+// CB window offsets (or channels) at once to give the core independent chains.
+template <int64_t XB>
+constexpr int64_t chains() { return XB >= 64 ? 1 : (XB >= 32 ? 2 : 4); }
+
+// out[cc][x] += sum_d lhs[d][x] * map[d][y][offset(cc) + x] for the ka window columns cc (ka x Wob rows)
+template <typename T, bool UNIT, int64_t XB>
+void offset_dots(const Ctx<T>& c, int64_t y, const T* __restrict__ lhs, const T* __restrict__ map,
+                 T* __restrict__ out) {
+  constexpr int64_t CB = chains<XB>();
+  const Geo& g = c.g;
+  const int64_t Wob = g.Wob;
+  for (int64_t c0 = 0; c0 < g.ka; c0 += CB) {
+    const int64_t nb = std::min(CB, g.ka - c0);
+    int64_t ao[CB];
+    for (int64_t b = 0; b < CB; ++b) {
+      const int64_t cc = c0 + std::min(b, nb - 1);  // spare chains repeat the last column
+      ao[b] = UNIT ? cc * g.dil : c.aos[cc];
+    }
+    for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
+      T acc[CB][XB];
+      for (int64_t b = 0; b < CB; ++b)
+        for (int64_t j = 0; j < XB; ++j) acc[b][j] = 0;
+      for (int64_t d = 0; d < g.hd; ++d) {
+        const T* __restrict__ ld = lhs + d * Wob + x0;
+        const T* __restrict__ base = map + (d * g.H + y) * g.RS + x0;
+        for (int64_t b = 0; b < CB; ++b)
+          for (int64_t j = 0; j < XB; ++j) acc[b][j] += ld[j] * base[ao[b] + j];
+      }
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t j = 0; j < XB; ++j) out[(c0 + b) * Wob + x0 + j] += acc[b][j];
+    }
+  }
+}
+
 // logits (K x Wob) of an output row whose window rows are ys[a], then softmax in place; kb is the padded k map
 template <typename T, bool UNIT, int64_t XB>
 void softmax_row(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ q, const T* __restrict__ r,
@@ -131,27 +166,15 @@ void softmax_row(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ q, co
   for (int64_t a = 0; a < g.ka; ++a) {
     const T lyv = c.ly[ys[a]];
     for (int64_t cc = 0; cc < g.ka; ++cc) {
-      const int64_t ao = UNIT ? cc * g.dil : c.aos[cc];  // a loaded offset measured 1.6x slower at s=1
       T* __restrict__ Lt = L + (a * g.ka + cc) * Wob;
-      const T* __restrict__ lx = c.lxp + ao;
-      for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
-        T acc[XB];
-        if (c.wp) {
-          for (int64_t j = 0; j < XB; ++j) {
-            const int64_t x = x0 + j;
-            acc[j] = -(r[x] * lx[x] + r[Wob + x] * lyv);
-          }
-        } else {
-          for (int64_t j = 0; j < XB; ++j) acc[j] = 0;
-        }
-        for (int64_t d = 0; d < g.hd; ++d) {
-          const T* __restrict__ qd = q + d * Wob + x0;
-          const T* __restrict__ kd = kb + (d * g.H + ys[a]) * g.RS + ao + x0;
-          for (int64_t j = 0; j < XB; ++j) acc[j] += qd[j] * kd[j];
-        }
-        for (int64_t j = 0; j < XB; ++j) Lt[x0 + j] = acc[j];
+      if (c.wp) {
+        const T* __restrict__ lx = c.lxp + (UNIT ? cc * g.dil : c.aos[cc]);
+        for (int64_t x = 0; x < Wob; ++x) Lt[x] = -(r[x] * lx[x] + r[Wob + x] * lyv);
+      } else {
+        std::fill(Lt, Lt + Wob, T(0));
       }
     }
+    offset_dots<T, UNIT, XB>(c, ys[a], q, kb, L + a * g.ka * Wob);
   }
   T* mx = tmp;
   T* sum = tmp + Wob;
@@ -178,18 +201,26 @@ void window_sum(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ Wt, co
   const Geo& g = c.g;
   const int64_t Wob = g.Wob;
   const int64_t* aos = c.aos;
-  for (int64_t d = 0; d < g.hd; ++d) {
+  constexpr int64_t DB = chains<XB>();
+  for (int64_t d0 = 0; d0 < g.hd; d0 += DB) {
+    const int64_t nb = std::min(DB, g.hd - d0);
     for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
-      T acc[XB] = {};
+      T acc[DB][XB];
+      for (int64_t b = 0; b < DB; ++b)
+        for (int64_t j = 0; j < XB; ++j) acc[b][j] = 0;
       for (int64_t a = 0; a < g.ka; ++a) {
-        const T* __restrict__ base = rows + (d * g.H + ys[a]) * g.RS + x0;
+        const T* base[DB];
+        for (int64_t b = 0; b < DB; ++b)  // spare chains repeat the last channel
+          base[b] = rows + ((d0 + std::min(b, nb - 1)) * g.H + ys[a]) * g.RS + x0;
         for (int64_t cc = 0; cc < g.ka; ++cc) {
           const T* __restrict__ w = Wt + (a * g.ka + cc) * Wob + x0;
-          const T* __restrict__ src = base + (UNIT ? cc * g.dil : aos[cc]);
-          for (int64_t j = 0; j < XB; ++j) acc[j] += w[j] * src[j];
+          const int64_t ao = UNIT ? cc * g.dil : aos[cc];
+          for (int64_t b = 0; b < DB; ++b)
+            for (int64_t j = 0; j < XB; ++j) acc[b][j] += w[j] * base[b][ao + j];
         }
       }
-      for (int64_t j = 0; j < XB; ++j) out[d * Wob + x0 + j] = acc[j];
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t j = 0; j < XB; ++j) out[(d0 + b) * Wob + x0 + j] = acc[b][j];
     }
   }
 }
@@ -265,20 +296,8 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
       std::copy(src, src + g.Wo, go + d * Wob);  // tail stays zero
     }
     // dP_t(x) = sum_d gout(d, x) v_t(d, x)
-    for (int64_t a = 0; a < g.ka; ++a) {
-      for (int64_t cc = 0; cc < g.ka; ++cc) {
-        T* __restrict__ dPt = dP + (a * g.ka + cc) * Wob;
-        for (int64_t x0 = 0; x0 < Wob; x0 += XB) {
-          T acc[XB] = {};
-          for (int64_t d = 0; d < g.hd; ++d) {
-            const T* __restrict__ gd = go + d * Wob + x0;
-            const T* __restrict__ vd = w.vb.data() + (d * g.H + ys[a]) * g.RS + (UNIT ? cc * g.dil : c.aos[cc]) + x0;
-            for (int64_t j = 0; j < XB; ++j) acc[j] += gd[j] * vd[j];
-          }
-          for (int64_t j = 0; j < XB; ++j) dPt[x0 + j] = acc[j];
-        }
-      }
-    }
+    std::fill(dP, dP + K * Wob, T(0));
+    for (int64_t a = 0; a < g.ka; ++a) offset_dots<T, UNIT, XB>(c, ys[a], go, w.vb.data(), dP + a * g.ka * Wob);
     // D = sum_t P_t dP_t (= sum_d gout . att); dS_t = rate1 P_t (dP_t - D), kept in dP
     std::fill(D, D + Wob, 0.0);
     for (int64_t t = 0; t < K; ++t)
@@ -294,8 +313,9 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
         const T lyv = c.ly[ys[a]];
         for (int64_t cc = 0; cc < g.ka; ++cc) {
           const T* __restrict__ dS = dP + (a * g.ka + cc) * Wob;
-          for (int64_t x = 0; x < g.Wo; ++x) {
-            dr[x] -= dS[x] * c.lxp[(UNIT ? cc * g.dil : c.aos[cc]) + x];
+          const T* __restrict__ lx = c.lxp + (UNIT ? cc * g.dil : c.aos[cc]);
+          for (int64_t x = 0; x < Wob; ++x) {  // full blocks: the tail of dS is zero
+            dr[x] -= dS[x] * lx[x];
             dr[Wob + x] -= dS[x] * lyv;
           }
         }
@@ -328,7 +348,7 @@ void attention_backward(const Ctx<T>& c, int64_t n, T rate1, const T* __restrict
           const int64_t ao = UNIT ? cc * g.dil : c.aos[cc];
           T* __restrict__ gkd = w.gkb.data() + (d * g.H + ys[a]) * g.RS + ao;
           T* __restrict__ gvd = w.gvb.data() + (d * g.H + ys[a]) * g.RS + ao;
-          for (int64_t x = 0; x < g.Wo; ++x) {
+          for (int64_t x = 0; x < Wob; ++x) {  // full blocks: the tails of dS, q and gout are zero
             gkd[x] += dS[x] * qd[x];
             gvd[x] += rate1 * Pt[x] * gd[x];
           }
@@ -370,25 +390,33 @@ void conv_forward(const Ctx<T>& c, int64_t b, int64_t grp, const T* __restrict__
   const int64_t P = 3 * g.heads, M = g.C / g.hd, kc = g.kc, s = g.s;
   for (int64_t i = 0; i < g.Ho; ++i) {
     conv_rows(c, b, grp, i, ib.data());
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t o = grp * M + m;
-      const T b0 = bias ? bias[o] : T(0);
-      T* orow = out + ((b * g.C + o) * g.Ho + i) * g.Wo;
+    constexpr int64_t MB = chains<XB>();  // output channels per pass: independent chains, shared loads
+    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+      const int64_t nb = std::min(MB, M - m0);
+      int64_t o[MB];
+      for (int64_t k = 0; k < MB; ++k) o[k] = grp * M + m0 + std::min(k, nb - 1);  // spares repeat the last
       for (int64_t x0 = 0; x0 < g.Wob; x0 += XB) {
-        T acc[XB];
-        for (int64_t j = 0; j < XB; ++j) acc[j] = b0;
+        T acc[MB][XB];
+        for (int64_t k = 0; k < MB; ++k) {
+          const T b0 = bias ? bias[o[k]] : T(0);
+          for (int64_t j = 0; j < XB; ++j) acc[k][j] = b0;
+        }
         for (int64_t up = 0; up < kc * P; ++up) {
           const int64_t u = up / P, p = up % P;
-          const T* wrow = wc + ((o * P + p) * kc + u) * kc;
           const T* __restrict__ src0 = ib.data() + up * g.RZ + x0;
           for (int64_t v = 0; v < kc; ++v) {
-            const T wv = wrow[v];
             const T* __restrict__ src = src0 + (UNIT ? v : c.zos[v]);
-            for (int64_t j = 0; j < XB; ++j) acc[j] += wv * src[j];
+            for (int64_t k = 0; k < MB; ++k) {
+              const T wv = wc[((o[k] * P + p) * kc + u) * kc + v];
+              for (int64_t j = 0; j < XB; ++j) acc[k][j] += wv * src[j];
+            }
           }
         }
         const int64_t n = std::min(XB, g.Wo - x0);
-        for (int64_t j = 0; j < n; ++j) orow[x0 + j] = rate2 * acc[j];
+        for (int64_t k = 0; k < nb; ++k) {
+          T* orow = out + ((b * g.C + o[k]) * g.Ho + i) * g.Wo;
+          for (int64_t j = 0; j < n; ++j) orow[x0 + j] = rate2 * acc[k][j];
+        }
       }
     }
   }
