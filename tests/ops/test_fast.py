@@ -168,9 +168,8 @@ def test_dispatcher_choices_and_context():
     assert resolve_backend(x, layer.config) is Backend.EAGER  # small map: dense attention
     expect = Backend.COMPILED if native.available() else Backend.EAGER
     assert resolve_backend(torch.randn(1, 4, 28, 28), layer.config) is expect
-    assert resolve_backend(torch.randn(1, 4, 14, 14), layer.config) is expect  # head_dim 2: the kernel
-    wide = ACmix(4, 128)
-    assert resolve_backend(torch.randn(1, 4, 14, 14), wide.config) is Backend.EAGER  # head_dim 32: dense
+    assert resolve_backend(torch.randn(1, 4, 14, 14), layer.config) is expect
+    assert resolve_backend(torch.randn(1, 4, 8, 8), layer.config) is Backend.EAGER
     assert resolve_backend(x.to(torch.bfloat16), layer.config) is Backend.EAGER
     with use_backend("reference"):
         assert resolve_backend(x, layer.config) is Backend.REFERENCE

@@ -135,11 +135,12 @@ def dense_attention_fits(h: int, w: int, stride: int) -> bool:
 def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     """Whether the eager dense attention beats the compiled row kernel at this size (measured, 2 threads).
 
-    Dense attention wastes ``H*W / kernel_att**2`` of its work but runs as GEMMs:
-    it won at 7x7 for every head_dim measured and at 14x14 from head_dim 32 up,
-    while the kernel won at 14x14 with head_dim 8 (4x in the forward) and tied at 16.
+    Dense attention wastes ``H*W / kernel_att**2`` of its work but runs as GEMMs;
+    on maps up to 8x8 it measured faster than the kernel (0.77x vs 1.13x a conv
+    forward at 512 channels, 7x7), from 14x14 on the kernel is as fast and needs
+    half the memory (``benchmarks/op_bench.py``).
     """
-    return dense_attention_fits(h, w, cfg.stride) and (h * w <= 64 or cfg.head_dim >= 32)
+    return dense_attention_fits(h, w, cfg.stride) and h * w <= 64
 
 
 def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,

@@ -6,9 +6,9 @@
 * ``COMPILED``: the same, with the window attention on the C++ CPU kernel
   (``native.py``, built on first use with the machine's compiler).
 * ``AUTO`` (default): ``COMPILED`` for float32/float64 CPU tensors where the
-  kernel builds, except where the eager dense attention measured faster
-  (:func:`acmix.ops.fast.prefer_dense`: maps up to 8x8, or up to 16x16 with
-  head_dim >= 32); else ``EAGER``; ``EAGER`` while exporting.
+  kernel builds, except on maps up to 8x8, where the eager dense attention
+  measured faster (:func:`acmix.ops.fast.prefer_dense`); else ``EAGER``;
+  ``EAGER`` while exporting.
 
 ``backend`` picks an implementation per call; :func:`use_backend` sets the
 default for a block of code (this thread).
