@@ -8,7 +8,7 @@
 * ``AUTO`` (default): ``COMPILED`` for float32/float64 CPU tensors where the
   kernel builds, except on maps up to 8x8, where the eager dense attention
   measured faster (:func:`acmix.ops.fast.prefer_dense`); else ``EAGER``;
-  ``EAGER`` while exporting.
+  ``EAGER`` inside ``torch.compile`` and while exporting.
 
 ``backend`` picks an implementation per call; :func:`use_backend` sets the
 default for a block of code (this thread).
@@ -70,7 +70,8 @@ def _as_backend(backend: Backend | str) -> Backend:
 
 
 def _compiled_fits(x: Tensor) -> bool:
-    return native.fits(x) and not _exporting()
+    # traced graphs (torch.compile, export) take the eager path: plain torch ops the compiler can fuse
+    return native.fits(x) and not _exporting() and not torch.compiler.is_compiling()
 
 
 def _exporting() -> bool:

@@ -37,6 +37,7 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
 
 
+@torch.compiler.disable
 def _load():
     global _module, _failed, _build_seconds
     with _lock:
@@ -75,6 +76,10 @@ def _load():
 
 def available() -> bool:
     """Whether the compiled CPU kernel can be used (builds it on the first call)."""
+    if _module is not None:  # lock-free once decided, so torch.compile traces straight through
+        return True
+    if _failed is not None or torch.compiler.is_compiling():
+        return False  # not built before tracing: the traced graph takes the eager path
     return _load() is not None
 
 
@@ -162,7 +167,7 @@ def stage2(qkv: Tensor, *, heads: int, pe_weight: Tensor | None, conv_weight: Te
     ``pe_weight`` ``(head_dim, 2)`` or None; ``conv_weight`` the folded group-conv kernel
     ``(C, 3*heads, k, k)`` or None for attention only.
     """
-    if _load() is None:
+    if not available():
         raise RuntimeError(f"acmix: the compiled CPU kernel is unavailable ({_failed})")
     return _stage2(qkv.contiguous(), pe_weight, conv_weight, conv_bias, rate_att, rate_conv, heads, has_attention,
                    kernel_att, kernel_conv, stride, dilation)
