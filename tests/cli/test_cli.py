@@ -97,3 +97,21 @@ def test_torchrun_ddp_two_processes(image_folder: Path, tmp_path: Path) -> None:
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(r["val_top1"] >= 0 for r in rows)
+
+
+def test_bench_subcommand_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--", "--sizes", "4", "--strides", "2", "--rounds", "1", "--batch", "1",
+                 "--no-unfold", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert rows[0]["channels"] == 512 and rows[0]["stride"] == 2
+    assert {"conv3x3", "stage1", "eager"} <= set(rows[0]["impl"])
+    assert "x conv" in capsys.readouterr().out
+
+
+def test_convert_swin_subcommand(tmp_path: Path) -> None:
+    src, dst = tmp_path / "ckpt.pth", tmp_path / "bare.pth"
+    torch.save({"model": {"head.weight": torch.ones(2, 3)}, "epoch": 3}, src)
+    assert main(["convert-swin", str(src), str(dst)]) == 0
+    assert set(torch.load(dst, weights_only=True)) == {"head.weight"}
+    assert main(["convert-swin", str(tmp_path / "missing.pth"), str(dst)]) == 2

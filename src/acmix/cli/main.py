@@ -1,4 +1,4 @@
-"""``acmix`` command line: ``train``, ``eval``, ``export``, ``presets``, ``showcase``.
+"""``acmix`` command line: ``train``, ``eval``, ``export``, ``presets``, ``showcase``, ``bench``, ``convert-swin``.
 
 Training flags are generated from :class:`acmix.train.TrainConfig` (``--batch-size``
 sets ``batch_size``); only flags that are given override the preset.
@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the packaged presets")
     sub.add_parser("showcase", help="the ACmix layer at the four ResNet-50 stage shapes vs the reference")
+    p = sub.add_parser("bench", help="the operator benchmark (benchmarks/op_bench.py); options after --",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("convert-swin", help="an authors' Swin-ACmix file (training dict) to a bare state dict")
+    p.add_argument("source")
+    p.add_argument("output", help=".pth, or .safetensors")
     return parser
 
 
@@ -160,10 +166,25 @@ def cmd_showcase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from acmix.analysis.op_bench import main as bench
+
+    bench([a for a in args.bench_args if a != "--"])
+    return 0
+
+
+def cmd_convert_swin(args: argparse.Namespace) -> int:
+    from acmix.models.acmix_swin import convert_checkpoint
+
+    keys = convert_checkpoint(args.source, args.output)
+    print(f"wrote {len(keys)} tensors to {args.output}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "presets": cmd_presets,
-                "showcase": cmd_showcase}
+                "showcase": cmd_showcase, "bench": cmd_bench, "convert-swin": cmd_convert_swin}
     from acmix.train.data import DataError
 
     start = time.perf_counter()
