@@ -1,7 +1,28 @@
+"""Shared test set-up: test helpers on the path, few threads, and the data fixtures."""
+
+from __future__ import annotations
+
 import os
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "train")]
 torch.set_num_threads(int(os.environ.get("ACMIX_TEST_THREADS", "2")))
+
+from train_helpers import make_fmnist, make_image_folder  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic Fashion-MNIST folder (gzipped IDX files)."""
+    return make_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A small synthetic ImageFolder tree."""
+    return make_image_folder(tmp_path / "images")

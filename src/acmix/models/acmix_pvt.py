@@ -56,7 +56,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from ..ops.common import shift_kernel
+from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
 from ..ops.functional import shift_conv
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
 
@@ -108,12 +108,9 @@ class SRAttention(nn.Module):
             self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, **dd)
             self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
         if acmix:
-            kc2 = kernel_conv * kernel_conv
-            self.fc = nn.Conv2d(3 * num_heads, kc2, 1, bias=False, **dd)
-            self.dep_conv = nn.Conv2d(kc2 * self.head_dim, dim, kernel_conv, padding=kernel_conv // 2,
-                                      groups=self.head_dim, bias=False, **dd)
-            self.rate1 = nn.Parameter(torch.empty(1, **dd))
-            self.rate2 = nn.Parameter(torch.empty(1, **dd))
+            add_conv_path(self, pieces=3 * num_heads, head_dim=self.head_dim, out_channels=dim,
+                          kernel_conv=kernel_conv, **dd)
+            add_rates(self, **dd)
             self.reset_acmix_parameters()
 
     @torch.no_grad()
@@ -121,10 +118,8 @@ class SRAttention(nn.Module):
         """Shift init of ``dep_conv`` and the rates; a no-op without ACmix."""
         if not self.acmix:
             return
-        w = self.dep_conv.weight
-        w.copy_(shift_kernel(self.kernel_conv, device=w.device, dtype=w.dtype).expand_as(w))
-        self.rate1.fill_(self.rates[0])
-        self.rate2.fill_(self.rates[1])
+        shift_init_(self.dep_conv.weight)
+        reset_rates(self, self.rates)
 
     def weights(self) -> SRAWeights:
         sr, norm = getattr(self, "sr", None), getattr(self, "norm", None)

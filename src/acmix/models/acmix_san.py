@@ -48,7 +48,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
-from ..ops.common import shift_kernel
+from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
 from ..ops.functional import shift_conv
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
 
@@ -115,12 +115,9 @@ class SAM(nn.Module):
             nn.BatchNorm2d(wch, **dd), nn.ReLU(inplace=True),
             nn.Conv2d(wch, k2 * wch, 1, **dd))
         if acmix:
-            kc2 = kernel_conv * kernel_conv
-            self.fc = nn.Conv2d(2 + out_planes // rel_planes, kc2, 1, bias=False, **dd)
-            self.dep_conv = nn.Conv2d(kc2 * rel_planes, out_planes, kernel_conv, padding=kernel_conv // 2,
-                                      groups=rel_planes, bias=False, **dd)
-            self.rate1 = nn.Parameter(torch.empty(1, **dd))
-            self.rate2 = nn.Parameter(torch.empty(1, **dd))
+            add_conv_path(self, pieces=2 + out_planes // rel_planes, head_dim=rel_planes, out_channels=out_planes,
+                          kernel_conv=kernel_conv, **dd)
+            add_rates(self, **dd)
             self.reset_acmix_parameters()
 
     @torch.no_grad()
@@ -128,10 +125,8 @@ class SAM(nn.Module):
         """Shift init of ``dep_conv`` (Fig. 3 c.III) and the rates; a no-op without ACmix."""
         if not self.acmix:
             return
-        w = self.dep_conv.weight
-        w.copy_(shift_kernel(self.kernel_conv, device=w.device, dtype=w.dtype).expand_as(w))
-        self.rate1.fill_(self.rates[0])
-        self.rate2.fill_(self.rates[1])
+        shift_init_(self.dep_conv.weight)
+        reset_rates(self, self.rates)
 
     def attention_weights(self, q: Tensor, k: Tensor) -> Tensor:
         """The patchwise weights ``(B, out_planes / share_planes, k*k, H, W)``."""

@@ -50,7 +50,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import Combination, shift_conv, shift_kernel
+from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
+from ..ops import Combination, shift_conv
 from ._builder import fill_missing, load_checkpoint_file, unwrap_state_dict
 
 __all__ = [
@@ -149,17 +150,10 @@ class WindowAttentionACmix(nn.Module):
             self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         if self.has_conv:
-            kc2 = kernel_conv**2
-            self.fc = nn.Conv2d(3 * num_heads, kc2, 1, bias=True, **dd)
-            self.dep_conv = nn.Conv2d(kc2 * self.head_dim, dim, kernel_conv, padding=kernel_conv // 2,
-                                      groups=self.head_dim, bias=False, **dd)
+            add_conv_path(self, pieces=3 * num_heads, head_dim=self.head_dim, out_channels=dim,
+                          kernel_conv=kernel_conv, fc_bias=True, **dd)
         if self.has_attention and self.has_conv:
-            if self.combination is Combination.LEARNED:
-                self.rate1 = nn.Parameter(torch.empty(1, **dd))
-                self.rate2 = nn.Parameter(torch.empty(1, **dd))
-            else:
-                self.register_buffer("rate1", torch.empty(1, **dd))
-                self.register_buffer("rate2", torch.empty(1, **dd))
+            add_rates(self, learnable=self.combination is Combination.LEARNED, **dd)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -169,11 +163,9 @@ class WindowAttentionACmix(nn.Module):
             trunc_normal_(self.relative_position_bias_table, std=0.02)
         if self.has_conv:
             self.fc.reset_parameters()
-            w = self.dep_conv.weight
-            w.copy_(shift_kernel(self.kernel_conv, device=w.device, dtype=w.dtype).expand_as(w))
+            shift_init_(self.dep_conv.weight)
         if hasattr(self, "rate1"):
-            self.rate1.fill_(self.rates[0])
-            self.rate2.fill_(self.rates[1])
+            reset_rates(self, self.rates)
 
     def _attention(self, qkv: Tensor, wh: int, ww: int, mask: Tensor | None) -> Tensor:
         b, h, w, _ = qkv.shape

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.common import ACmixWeights, shift_kernel
+from ..ops.common import ACmixWeights
 from ..ops.config import ACmixConfig, Combination, ShiftMode
 from ..ops.functional import Backend, acmix
+from .parts import add_conv_path, add_rates, reset_rates, shift_init_
 
 __all__ = ["ACmix"]
 
@@ -60,25 +61,20 @@ class ACmix(nn.Module):
         if cfg.has_attention and position_encoding:
             self.conv_p = nn.Conv2d(2, cfg.head_dim, 1, **dd)
         if cfg.has_conv:
-            self.fc = nn.Conv2d(3 * heads, kc2, 1, bias=False, **dd)
             shape = (cfg.head_dim, kc2, kernel_conv, kernel_conv)
             if cfg.shift is ShiftMode.GROUPED:
-                self.dep_conv = nn.Conv2d(kc2 * cfg.head_dim, out_channels, kernel_conv,
-                                          stride=stride, padding=kernel_conv // 2,
-                                          groups=cfg.head_dim, bias=conv_bias, **dd)
-            elif cfg.shift is ShiftMode.LEARNABLE:
+                add_conv_path(self, pieces=3 * heads, head_dim=cfg.head_dim, out_channels=out_channels,
+                              kernel_conv=kernel_conv, conv_bias=conv_bias, stride=stride, **dd)
+            else:
+                self.fc = nn.Conv2d(3 * heads, kc2, 1, bias=False, **dd)
+            if cfg.shift is ShiftMode.LEARNABLE:
                 self.shift_weight = nn.Parameter(torch.empty(shape, **dd))
             elif cfg.shift is ShiftMode.FIXED:
                 self.register_buffer("shift_weight", torch.empty(shape, **dd))
             if conv_bias and cfg.shift is not ShiftMode.GROUPED:
                 self.shift_bias = nn.Parameter(torch.empty(out_channels, **dd))
         if cfg.has_attention and cfg.has_conv:
-            if cfg.combination is Combination.LEARNED:
-                self.rate1 = nn.Parameter(torch.empty(1, **dd))
-                self.rate2 = nn.Parameter(torch.empty(1, **dd))
-            else:
-                self.register_buffer("rate1", torch.empty(1, **dd))
-                self.register_buffer("rate2", torch.empty(1, **dd))
+            add_rates(self, learnable=cfg.combination is Combination.LEARNED, **dd)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -87,16 +83,12 @@ class ACmix(nn.Module):
         for name in ("conv1", "conv2", "conv3", "conv_p", "fc"):
             if hasattr(self, name):
                 getattr(self, name).reset_parameters()
-        kc = self.config.kernel_conv
-        conv_w = self.conv_weight
-        if conv_w is not None:
-            conv_w.copy_(shift_kernel(kc, device=conv_w.device, dtype=conv_w.dtype).expand_as(conv_w))
-        bias = self.conv_bias
-        if bias is not None:
-            bias.zero_()
+        if self.conv_weight is not None:
+            shift_init_(self.conv_weight)
+        if self.conv_bias is not None:
+            self.conv_bias.zero_()
         if hasattr(self, "rate1"):
-            self.rate1.fill_(self.rates[0])
-            self.rate2.fill_(self.rates[1])
+            reset_rates(self, self.rates)
 
     @property
     def conv_weight(self) -> Tensor | None:
