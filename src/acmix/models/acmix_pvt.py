@@ -57,6 +57,7 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
+from ..ops.config import check_positive
 from ..ops.functional import shift_conv
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
 
@@ -69,11 +70,6 @@ PAPER_FIGURES: dict[str, dict] = {
     "acmix_pvt_tiny": dict(params_m=13.0, params_tol=0.04, macs_g=2.0, top1=78.0),
     "acmix_pvt_small": dict(params_m=25.0, params_tol=0.04, macs_g=3.9, top1=81.7),
 }
-
-
-def _positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class SRAttention(nn.Module):
@@ -90,7 +86,7 @@ class SRAttention(nn.Module):
         super().__init__()
         for value, name in ((dim, "dim"), (num_heads, "num_heads"), (sr_ratio, "sr_ratio"),
                             (kernel_conv, "kernel_conv")):
-            _positive(value, name)
+            check_positive(value, name)
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         if kernel_conv % 2 == 0:

@@ -49,6 +49,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
+from ..ops.config import check_positive
 from ..ops.functional import shift_conv
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
 
@@ -67,11 +68,6 @@ PAPER_FIGURES: dict[str, dict] = {
     "acmix_san15": dict(params_m=16.6, params_tol=0.03, macs_g=2.7, top1=78.4),
     "acmix_san19": dict(params_m=21.2, params_tol=0.03, macs_g=3.4, top1=78.7),
 }
-
-
-def _positive(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class SAM(nn.Module):
@@ -94,7 +90,7 @@ class SAM(nn.Module):
         for name, value in (("in_planes", in_planes), ("rel_planes", rel_planes), ("out_planes", out_planes),
                             ("share_planes", share_planes), ("kernel_size", kernel_size),
                             ("kernel_conv", kernel_conv)):
-            _positive(value, name)
+            check_positive(value, name)
         if kernel_size % 2 == 0 or kernel_conv % 2 == 0:
             raise ValueError(f"kernel_size and kernel_conv must be odd, got {kernel_size} and {kernel_conv}")
         if out_planes % share_planes:
@@ -239,9 +235,9 @@ class SAN(nn.Module):
             raise ValueError(f"layers, kernels and widths need 5 entries each, got {layers!r}, {kernels!r}, "
                              f"{widths!r}")
         for i, n in enumerate(layers):
-            _positive(n, f"layers[{i}]")
+            check_positive(n, f"layers[{i}]")
         for value, name in ((in_chans, "in_chans"), (stem_chs, "stem_chs")):
-            _positive(value, name)
+            check_positive(value, name)
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.grad_checkpointing = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ACmixConfig", "Combination", "ShiftMode"]
+__all__ = ["ACmixConfig", "Combination", "ShiftMode", "check_positive"]
 
 
 class Combination(enum.Enum):
@@ -48,13 +48,14 @@ def _enum(kind: type[enum.Enum], value: object, name: str) -> enum.Enum:
         raise ValueError(f"{name}={value!r} is not one of {choices}") from None
 
 
-def _positive(value: object, name: str) -> None:
+def check_positive(value: object, name: str) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a positive int (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _odd(value: int, name: str) -> None:
-    _positive(value, name)
+    check_positive(value, name)
     if value % 2 == 0:
         raise ValueError(f"{name} must be odd, got {value}")
 
@@ -79,13 +80,13 @@ class ACmixConfig:
     shift: ShiftMode = ShiftMode.GROUPED
 
     def __post_init__(self) -> None:
-        _positive(self.in_channels, "in_channels")
-        _positive(self.out_channels, "out_channels")
-        _positive(self.heads, "heads")
+        check_positive(self.in_channels, "in_channels")
+        check_positive(self.out_channels, "out_channels")
+        check_positive(self.heads, "heads")
         _odd(self.kernel_att, "kernel_att")
         _odd(self.kernel_conv, "kernel_conv")
-        _positive(self.stride, "stride")
-        _positive(self.dilation, "dilation")
+        check_positive(self.stride, "stride")
+        check_positive(self.dilation, "dilation")
         if self.out_channels % self.heads:
             raise ValueError(
                 f"out_channels={self.out_channels} is not divisible by heads={self.heads}"
