@@ -75,7 +75,8 @@ void pad_map(const Ctx<T>& c, int64_t b, int64_t which, int64_t h, T* __restrict
         std::copy(row, row + g.W, out + g.pad_a);
         for (int64_t xp = g.pad_a + g.W; xp < g.Wp; ++xp) out[xp] = row[c.rw[xp]];
       } else {
-        for (int64_t xp = 0; xp < g.Wp; ++xp) out[g.at(xp)] = row[c.rw[xp]];
+        for (int64_t ph = 0; ph < g.s; ++ph)  // phase ph holds padded columns ph, ph + s, ...
+          for (int64_t xp = ph, m = 0; xp < g.Wp; xp += g.s, ++m) out[ph * g.Lp + m] = row[c.rw[xp]];
       }
     }
   }
@@ -95,7 +96,8 @@ void fold_map(const Ctx<T>& c, int64_t b, int64_t which, int64_t h, const T* __r
         for (int64_t xp = 0; xp < g.pad_a; ++xp) row[c.rw[xp]] += in[xp];
         for (int64_t xp = g.pad_a + g.W; xp < g.Wp; ++xp) row[c.rw[xp]] += in[xp];
       } else {
-        for (int64_t xp = 0; xp < g.Wp; ++xp) row[c.rw[xp]] += in[g.at(xp)];
+        for (int64_t ph = 0; ph < g.s; ++ph)
+          for (int64_t xp = ph, m = 0; xp < g.Wp; xp += g.s, ++m) row[c.rw[xp]] += in[ph * g.Lp + m];
       }
     }
   }
@@ -376,7 +378,9 @@ void conv_rows(const Ctx<T>& c, int64_t b, int64_t grp, int64_t i, T* __restrict
         if (inside) std::copy(row, row + g.W, dst + g.pad_c);
         else std::fill(dst + g.pad_c, dst + g.pad_c + g.W, T(0));
       } else {
-        for (int64_t x = 0; x < g.W; ++x) dst[g.atz(g.pad_c + x)] = inside ? row[x] : T(0);
+        for (int64_t ph = 0; ph < g.s; ++ph)
+          for (int64_t xz = ph, m = 0; xz < g.pad_c + g.W; xz += g.s, ++m)
+            if (xz >= g.pad_c) dst[ph * g.Lz + m] = inside ? row[xz - g.pad_c] : T(0);
       }
     }
   }
