@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..nn import ACmix
-from ..ops import Backend, acmix_unfold, native
+from ..ops import Backend, acmix, acmix_unfold, native
 
 __all__ = ["PeakMemory", "main", "run"]
 
@@ -106,18 +106,13 @@ def _implementations(c: int, stride: int, device: torch.device, dtype: torch.dty
     impls: dict[str, Callable[[Tensor], Tensor]] = {
         "conv3x3": conv,
         "stage1": stage1,
-        "eager": lambda x: layer_call(layer, x, Backend.EAGER),
+        "eager": lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.EAGER),
     }
     if device.type == "cpu" and dtype in (torch.float32, torch.float64) and native.available():
-        impls["compiled"] = lambda x: layer_call(layer, x, Backend.COMPILED)
+        impls["compiled"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.COMPILED)
     if include_unfold:
         impls["unfold"] = lambda x: acmix_unfold(x, layer.weights(), layer.config)
     return impls
-
-
-def layer_call(layer: ACmix, x: Tensor, backend: Backend) -> Tensor:
-    layer.backend = backend
-    return layer(x)
 
 
 def _time(fn: Callable[[], None], device: torch.device) -> float:

@@ -37,23 +37,26 @@ TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPE
 GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
 
 
-def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, out_channels: int, kernel: int,
-                      like: Tensor) -> Tensor:
-    """The ``(C_out, k^2, k, k)`` group-conv kernel every shift mode amounts to."""
+def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, *, out_channels: int, head_dim: int,
+                      kernel: int, like: Tensor) -> Tensor:
+    """The ``(C_out, k^2, k, k)`` group-conv kernel every shift mode amounts to (``like``: device, dtype)."""
     if shift is ShiftMode.TENSOR:
-        d = like.shape[0]
-        conv_weight = shift_kernel(kernel, device=like.device, dtype=like.dtype).expand(d, -1, -1, -1)
+        conv_weight = shift_kernel(kernel, device=like.device, dtype=like.dtype).expand(head_dim, -1, -1, -1)
     if shift is not ShiftMode.GROUPED:
         conv_weight = conv_weight.repeat_interleave(out_channels // conv_weight.shape[0], dim=0)
     return conv_weight
 
 
+def _fold(conv_weight: Tensor, fc_weight: Tensor) -> Tensor:
+    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (SPEC rewrite 3)."""
+    fc = fc_weight.reshape(conv_weight.shape[1], -1).to(conv_weight.dtype)
+    return torch.einsum("otuv,tp->opuv", conv_weight, fc).contiguous()  # contiguous: else a slow conv path
+
+
 def _folded_conv(inp: Tensor, fc_weight: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
                  fc_bias: Tensor | None, *, kernel: int, stride: int, groups: int) -> Tensor:
     """fc then shift conv as one group conv; ``inp`` channels are ordered ``(d, piece)``."""
-    k2 = kernel * kernel
-    fc = fc_weight.reshape(k2, -1).to(conv_weight.dtype)
-    folded = torch.einsum("otuv,tp->opuv", conv_weight, fc).to(inp.dtype).contiguous()  # else a slow conv path
+    folded = _fold(conv_weight, fc_weight).to(inp.dtype)
     out = F.conv2d(inp, folded, conv_bias, stride=stride, padding=kernel // 2, groups=groups)
     if fc_bias is not None:
         bias_kernel = torch.einsum("otuv,t->ouv", conv_weight, fc_bias.to(conv_weight.dtype)).unsqueeze(1)
@@ -67,7 +70,8 @@ def shift_conv_fast(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | Non
                     shift: ShiftMode = ShiftMode.GROUPED, fc_bias: Tensor | None = None) -> Tensor:
     """:func:`acmix.ops.shift_conv` with ``fc`` folded into the group conv."""
     b, p, d, h, w = pieces.shape
-    weight = _full_conv_weight(conv_weight, shift, out_channels, kernel_conv, like=pieces.new_empty(d))
+    weight = _full_conv_weight(conv_weight, shift, out_channels=out_channels, head_dim=d, kernel=kernel_conv,
+                               like=fc_weight)
     inp = pieces.transpose(1, 2).reshape(b, d * p, h, w)
     return _folded_conv(inp, fc_weight, weight, conv_bias, fc_bias, kernel=kernel_conv, stride=stride, groups=d)
 
@@ -205,8 +209,9 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) 
 
     conv_w = None
     if cfg.has_conv:
-        full = _full_conv_weight(w.conv_weight, cfg.shift, c, cfg.kernel_conv, like=qkv.new_empty(hd))
-        conv_w = torch.einsum("otuv,tp->opuv", full, w.fc_weight.reshape(cfg.kernel_conv**2, -1).to(full.dtype))
+        full = _full_conv_weight(w.conv_weight, cfg.shift, out_channels=c, head_dim=hd, kernel=cfg.kernel_conv,
+                                 like=w.fc_weight)
+        conv_w = _fold(full, w.fc_weight)
     pe_w = None
     if cfg.has_attention and cfg.position_encoding:
         pe_w = w.pe_weight.reshape(hd, 2)
@@ -232,8 +237,8 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) 
             r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
         parts.append(attention_eager(qs, r, k, v, **args))
     if cfg.has_conv:
-        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype).contiguous(), w.conv_bias, stride=s,
-                              padding=cfg.kernel_conv // 2, groups=hd))
+        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2,
+                              groups=hd))
     if len(parts) == 1:
         return parts[0]
     return w.rate_att * parts[0] + w.rate_conv * parts[1]

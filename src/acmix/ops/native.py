@@ -17,20 +17,18 @@ import functools
 import os
 import shutil
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "build_seconds", "fits", "stage2"]
+__all__ = ["available", "fits", "stage2"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "stage2.cpp"
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
-_build_seconds: float | None = None
 
 
 def _compiler() -> str | None:
@@ -39,7 +37,7 @@ def _compiler() -> str | None:
 
 @torch.compiler.disable
 def _load():
-    global _module, _failed, _build_seconds
+    global _module, _failed
     with _lock:
         if _module is not None or _failed is not None:
             return _module
@@ -56,13 +54,13 @@ def _load():
                 os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
             except ImportError:
                 pass
-        start = time.perf_counter()
         try:
             from torch.utils.cpp_extension import load
 
             flags = ["-O3", "-ffast-math", "-fopenmp"]
-            if os.environ.get("ACMIX_NATIVE_MARCH", "native"):
-                flags.append(f"-march={os.environ.get('ACMIX_NATIVE_MARCH', 'native')}")
+            march = os.environ.get("ACMIX_NATIVE_MARCH", "native")  # empty: the compiler's default target
+            if march:
+                flags.append(f"-march={march}")
             _module = load(name="acmix_stage2_cpu", sources=[str(_SOURCE)], extra_cflags=flags,
                            extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # a broken toolchain must not break the layer
@@ -70,7 +68,6 @@ def _load():
             warnings.warn(f"acmix: compiled CPU kernel unavailable, using the eager path ({_failed})",
                           RuntimeWarning, stacklevel=3)
             return None
-        _build_seconds = time.perf_counter() - start
         return _module
 
 
@@ -88,10 +85,6 @@ def fits(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and not torch.is_autocast_enabled("cpu"))
 
-
-def build_seconds() -> float | None:
-    """Seconds the first load took in this process (compile or cache hit), None if not loaded."""
-    return _build_seconds
 
 
 @functools.lru_cache(maxsize=256)

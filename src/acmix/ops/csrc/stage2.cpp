@@ -10,11 +10,11 @@
 //   out = rate1 * att + rate2 * (conv(qkv; Wc) + bias)
 //   att: logit(t, x) = qs.k_t - r.loc_t, qs = scale * q, r = W_p^T qs   (SPEC rewrite 1)
 //
-// Work is done one output row at a time.  The k^2 window rows of k and v are
-// gathered once into reflect-padded row buffers; the window offset is then a
-// plain shift into them, and the inner loops run over a block of XB output
-// columns held in registers (offset or channel reductions innermost-but-one),
-// so they vectorise (SPEC section 2).  The softmax P is not stored: the
+// For each (batch, head) the k and v maps are copied once with every row
+// reflect-padded (phase-split under stride); an output row then reads its
+// window as plain shifts of those rows, and the inner loops run over a block of
+// XB output columns held in registers (offset or channel reductions
+// innermost-but-one), so they vectorise (SPEC section 2).  The softmax P is not stored: the
 // backward recomputes it row by row and uses sum_d dO.O = sum_t P_t dP_t, so
 // only the Stage-I map is kept for the backward.
 #include <torch/extension.h>
@@ -164,7 +164,7 @@ template <typename T, bool UNIT, int64_t XB>
 void softmax_row(const Ctx<T>& c, const int64_t* ys, const T* __restrict__ q, const T* __restrict__ r,
                  const T* __restrict__ kb, T* __restrict__ L, T* __restrict__ tmp) {
   const Geo& g = c.g;
-  const int64_t Wob = g.Wob, K = g.ka * g.ka, s = g.s;
+  const int64_t Wob = g.Wob, K = g.ka * g.ka;
   for (int64_t a = 0; a < g.ka; ++a) {
     const T lyv = c.ly[ys[a]];
     for (int64_t cc = 0; cc < g.ka; ++cc) {
@@ -391,7 +391,7 @@ template <typename T, bool UNIT, int64_t XB>
 void conv_forward(const Ctx<T>& c, int64_t b, int64_t grp, const T* __restrict__ wc, const T* __restrict__ bias,
                   T rate2, T* __restrict__ out, std::vector<T>& ib) {
   const Geo& g = c.g;
-  const int64_t P = 3 * g.heads, M = g.C / g.hd, kc = g.kc, s = g.s;
+  const int64_t P = 3 * g.heads, M = g.C / g.hd, kc = g.kc;
   for (int64_t i = 0; i < g.Ho; ++i) {
     conv_rows(c, b, grp, i, ib.data());
     constexpr int64_t MB = chains<XB>();  // output channels per pass: independent chains, shared loads
