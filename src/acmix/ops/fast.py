@@ -1,4 +1,4 @@
-"""Fast exact ACmix: the rewrites of SPEC section 2, shared by the eager and compiled paths.
+"""Fast exact ACmix: the rewrites of docs/fast-paths.md, shared by the eager and compiled paths.
 
 * Stage I is one GEMM (rewrite 4).  On the eager path its output channels are
   ordered ``(d, piece)`` -- ``d`` the channel within a head, ``piece =
@@ -33,7 +33,7 @@ from .config import ACmixConfig, ShiftMode
 
 __all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "prefer_dense", "shift_conv_fast"]
 
-TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPEC section 2)
+TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, docs/fast-paths.md)
 GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
 
 
@@ -48,7 +48,7 @@ def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, *, out_chann
 
 
 def _fold(conv_weight: Tensor, fc_weight: Tensor) -> Tensor:
-    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (SPEC rewrite 3)."""
+    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (docs/fast-paths.md, rewrite 3)."""
     fc = fc_weight.reshape(conv_weight.shape[1], -1).to(conv_weight.dtype)
     return torch.einsum("otuv,tp->opuv", conv_weight, fc).contiguous()  # contiguous: else a slow conv path
 
@@ -149,7 +149,12 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
 
 def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
                     stride: int, dilation: int) -> Tensor:
-    """Window attention as dense attention (same contract as :func:`native.local_attention`)."""
+    """Window attention as dense attention (docs/fast-paths.md, rewrites 1-2).
+
+    ``q`` is the strided query map ``(B, heads, hd, Ho, Wo)`` (unscaled), ``r = W_p^T (scale q)`` the
+    position term ``(B, heads, 2, Ho, Wo)`` or None, ``k``/``v`` are ``(B, heads, hd, H, W)``.
+    Returns ``(B, heads*hd, Ho, Wo)``.
+    """
     b, heads, hd, ho, wo = q.shape
     h, w = k.shape[-2:]
     n = b * heads
