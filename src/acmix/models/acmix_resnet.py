@@ -175,7 +175,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({name: _cfg() for name in model_cfgs})
 
-# Published figures (SPEC section 3; conv/SASA baselines: Ramachandran et al. 2019, Tab. 1).
+# Published figures (docs/models.md; conv/SASA baselines: Ramachandran et al. 2019, Tab. 1).
 # MACs are multiply-accumulates at 224x224, the README's "FLOPs".
 PAPER_FIGURES: dict[str, dict] = {
     "acmix_resnet26": dict(params_m=10.49, params_tol=0.02, macs_g=2.3, top1=76.1),

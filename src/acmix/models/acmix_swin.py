@@ -6,7 +6,7 @@ Swin: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shift
 Windows", ICCV 2021.
 
 Every Swin block's window attention becomes ACmix (the authors' forward order,
-SPEC section 3): the ``qkv`` linear runs on the whole (padded, cyclically shifted)
+docs/models.md): the ``qkv`` linear runs on the whole (padded, cyclically shifted)
 map; the convolution path reads qkv as ``3 * heads`` pieces of ``head_dim``
 channels, mixes them with ``fc`` (``3 * heads -> 9``, with bias) and shifts and sums
 them with a ``groups=head_dim`` 3x3 conv (``dep_conv``, no bias, shift init) with
@@ -579,7 +579,7 @@ default_cfgs = generate_default_cfgs({
     "conv_swin_tiny": _cfg(),
 })
 
-# Published figures (SPEC section 3: the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
+# Published figures (docs/models.md: the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
 # Conv-Swin-T has no published size: its target is this implementation's count (Tab. 6 design).
 PAPER_FIGURES: dict[str, dict] = {
     "acmix_swin_tiny": dict(params_m=28.65, params_tol=0.02, macs_g=4.6, top1=81.9),

@@ -14,7 +14,7 @@ __all__ = ["ACmix"]
 
 
 class ACmix(nn.Module):
-    """The ResNet-form ACmix layer of Pan et al., CVPR 2022 (SPEC section 1).
+    """The ResNet-form ACmix layer of Pan et al., CVPR 2022 (docs/operator.md).
 
     Parameter names follow the authors' layer (``conv1``/``conv2``/``conv3`` for
     q/k/v, ``conv_p``, ``fc``, ``dep_conv``, ``rate1``, ``rate2``), so their state

@@ -116,7 +116,7 @@ def check_rates(rates: object) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class ACmixConfig:
-    """Validated static description of an ACmix layer (SPEC section 1).
+    """Validated static description of an ACmix layer (docs/operator.md).
 
     ``stride`` subsamples the query side: the output is ``(H - 1) // stride + 1``
     by ``(W - 1) // stride + 1``.  ``dilation`` applies to the attention window.

@@ -40,7 +40,7 @@ from .config import ACmixConfig, Backend, ShiftMode
 
 __all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "prefer_dense", "shift_conv_fast"]
 
-TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPEC section 2)
+TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, docs/fast-paths.md)
 GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
 
 
@@ -55,7 +55,7 @@ def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, *, out_chann
 
 
 def _fold(conv_weight: Tensor, fc_weight: Tensor) -> Tensor:
-    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (SPEC rewrite 3)."""
+    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (docs/fast-paths.md, rewrite 3)."""
     fc = fc_weight.reshape(conv_weight.shape[1], -1).to(conv_weight.dtype)
     return torch.einsum("otuv,tp->opuv", conv_weight, fc).contiguous()  # contiguous: else a slow conv path
 
@@ -171,10 +171,11 @@ def _nonfinite_windows(k: Tensor, v: Tensor, *, kernel: int, stride: int, dilati
 
 def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
                     stride: int, dilation: int) -> Tensor:
-    """Window attention ``(B, heads, hd, Ho, Wo)`` queries over ``(B, heads, hd, H, W)`` keys/values.
+    """Window attention as dense attention (``docs/fast-paths.md``, rewrites 1-2).
 
-    ``q`` is already strided, ``r`` the position term ``W_p^T (scale q)`` (or None);
-    returns ``(B, heads * hd, Ho, Wo)``.  Non-finite keys and values stay local.
+    ``q`` is the strided query map ``(B, heads, hd, Ho, Wo)`` (unscaled), ``r = W_p^T (scale q)`` the
+    position term ``(B, heads, 2, Ho, Wo)`` or None, ``k``/``v`` are ``(B, heads, hd, H, W)``.
+    Returns ``(B, heads*hd, Ho, Wo)``.  Non-finite keys and values stay in their windows.
     """
     args = {"kernel": kernel, "stride": stride, "dilation": dilation}
     poison = _nonfinite_windows(k, v, **args)

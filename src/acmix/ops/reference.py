@@ -1,6 +1,6 @@
 """The slow, obvious ACmix: the oracle every fast path is tested against.
 
-It follows SPEC section 1 literally, one window offset at a time, with no
+It follows docs/operator.md literally, one window offset at a time, with no
 algebraic rewrite: q, k, v from three 1x1 convolutions; keys, values and the
 position encoding reflect-padded; logit(i, j) = q_i . (k_j + pe_i - pe_j);
 softmax over the window; the convolution path as ``fc`` -> reorder ->
@@ -21,7 +21,7 @@ __all__ = ["acmix_reference", "attention_path_reference", "conv_path_reference",
 
 def attention_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
                              cfg: ACmixConfig) -> Tensor:
-    """Local self-attention of SPEC section 1 on the Stage-I maps q, k, v."""
+    """Local self-attention of docs/operator.md on the Stage-I maps q, k, v."""
     b, _, h, wd = q.shape
     heads, hd, s, dil, ka = cfg.heads, cfg.head_dim, cfg.stride, cfg.dilation, cfg.kernel_att
     ho, wo = cfg.output_size(h, wd)
