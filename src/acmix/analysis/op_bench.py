@@ -18,6 +18,7 @@ Run ``python benchmarks/op_bench.py`` (or ``make bench``); ``--help`` lists opti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from ..nn import ACmix
 from ..ops import Backend, acmix, acmix_unfold, native, resolve_backend
 from ..ops.config import ACmixConfig, check_positive
-from .timing import DTYPES, PeakMemory, check_device, check_precision, peak_bytes, time_ms
+from .timing import DTYPES, PeakMemory, autocast, check_device, check_precision, peak_bytes, time_ms
 
 __all__ = ["PeakMemory", "main", "run"]
 
@@ -89,6 +90,8 @@ def check_options(*, batch: int, shapes, strides, rounds: int, device: str | tor
 def run(*, batch: int = 8, shapes=SHAPES, strides=(1, 2), rounds: int = 5, device: str = "cpu",
         dtype: torch.dtype = torch.float32, include_unfold: bool = True, threads: int | None = 2,
         amp: bool = False) -> list[dict]:
+    """One row per (shape, stride): medians, ratios to the faster convolution format and peak memory of each
+    implementation; printed as it goes."""
     dev, dtype, amp = check_options(batch=batch, shapes=shapes, strides=strides, rounds=rounds, device=device,
                                     dtype=dtype, amp=amp, threads=threads)
     if threads and dev.type == "cpu":
@@ -111,7 +114,7 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
                             requires_grad=True)
             x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
             inputs = {name: x_cl if name == "conv3x3_cl" else x for name in impls}
-            ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if amp else _null
+            ctx = functools.partial(autocast, dev, dtype if amp else None)
 
             def fwd(name, ctx=ctx, impls=impls, inputs=inputs):
                 with torch.no_grad(), ctx():
@@ -156,14 +159,6 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
             results.append(row)
             _print_row(row)
     return results
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _print_row(row: dict) -> None:
