@@ -40,7 +40,7 @@ BAD_OP = [
     (["--strides", "0"], "stride must be a positive int, got 0"),
     (["--threads", "-1"], "threads must be an int >= 0, got -1"),
     (["--dtype", "float16"], "dtype='float16' runs on CUDA only"),
-    (["--dtype", "float32", "--amp"], "autocast to float32 is not a thing"),
+    (["--dtype", "float32", "--amp"], "--amp autocasts to bfloat16 or float16, not float32"),
     (["--device", "tpu"], "device='tpu' is not"),
 ]
 if not torch.cuda.is_available():

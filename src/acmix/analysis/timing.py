@@ -91,7 +91,7 @@ def check_precision(dev: torch.device, dtype: str | torch.dtype | None, amp: boo
     if name == "float16" and dev.type != "cuda":
         raise ValueError("dtype='float16' runs on CUDA only (use bfloat16 on the CPU)")
     if amp and name in ("float32", "float64"):
-        raise ValueError(f"autocast to {name} is not a thing: use --dtype bfloat16 or float16 with --amp")
+        raise ValueError(f"--amp autocasts to bfloat16 or float16, not {name}")
     return getattr(torch, name)
 
 
