@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from acmix.cli import bench_models
+
 __all__ = ["build_parser", "main"]
 
 HELP = {
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the operator benchmark (benchmarks/op_bench.py); options after --",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench_models.add_parser(sub)
     p = sub.add_parser("convert-swin", help="an authors' Swin-ACmix file (training dict) to a bare state dict")
     p.add_argument("source")
     p.add_argument("output", help=".pth, or .safetensors")
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        code = commands[args.command](args)
+        code = commands.get(args.command, getattr(args, "handler", None))(args)
     except (DataError, ValueError, FileNotFoundError) as e:
         if os.environ.get("ACMIX_DEBUG"):
             raise
