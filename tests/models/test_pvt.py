@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import timm
 import torch
@@ -145,6 +147,31 @@ def test_authors_checkpoint_loads_and_resizes():
     big.load_state_dict(sd, strict=True)
     # at 224 input the resized 256 embeddings are resized back: close, not equal
     assert torch.isfinite(big(torch.randn(1, 3, 224, 224))).all()
+
+
+def test_layer_norm_eps_follow_pvt_v1():
+    """PVT v1's reference (``classification/pvt.py``): LayerNorm's default 1e-5 in the patch embeddings
+    and the spatial reduction (``Attention.norm``), its ``norm_layer`` eps 1e-6 in the blocks and at the end."""
+    m = timm.create_model("acmix_pvt_tiny", device="meta")
+    eps = _to_authors({n: mod.eps for n, mod in m.named_modules() if isinstance(mod, torch.nn.LayerNorm)})["model"]
+    default = {n for n in eps if re.fullmatch(r"patch_embed\d\.norm|block\d\.\d+\.attn\.norm", n)}
+    assert len(default) == 4 + 6  # four patch embeddings, two blocks in each of the three reducing stages
+    assert {n: e for n, e in eps.items() if n in default} == dict.fromkeys(default, 1e-5)
+    assert {n: e for n, e in eps.items() if n not in default} == dict.fromkeys(set(eps) - default, 1e-6)
+    assert {"block1.0.norm1", "block4.1.norm2", "norm"} <= set(eps) - default
+
+
+@pytest.mark.parametrize("acmix", [False, True])
+def test_odd_sizes_are_padded_not_cropped(acmix):
+    """Every pixel of an odd-sized input reaches the output (zero padding to the patch grid)."""
+    torch.manual_seed(0)
+    m = PyramidVisionTransformerV1(**SMALL, acmix=acmix, num_classes=3).eval()
+    x = torch.randn(1, 3, 37, 35, requires_grad=True)
+    m(x).square().sum().backward()
+    g = x.grad.abs().sum(1)[0]
+    assert (g[-1] > 0).all() and (g[:, -1] > 0).all()
+    feats = m.forward_intermediates(torch.randn(1, 3, 37, 35), intermediates_only=True)
+    assert [tuple(f.shape[2:]) for f in feats] == [(10, 9), (5, 5), (3, 3), (2, 2)]
 
 
 def test_errors():

@@ -98,6 +98,19 @@ def test_features():
     assert [tuple(f.shape) for f in feats] == [(1, 32, 16, 16), (1, 64, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]
 
 
+@pytest.mark.parametrize("acmix", [False, True])
+def test_odd_sizes_are_pooled_not_cropped(acmix):
+    """The 2x2 pools keep a last odd row / column (ceil mode): it reaches the output."""
+    torch.manual_seed(0)
+    m = SAN(**SMALL, acmix=acmix, num_classes=3).eval()
+    x = torch.randn(1, 3, 33, 35, requires_grad=True)
+    m(x).square().sum().backward()
+    g = x.grad.abs().sum(1)[0]
+    assert g[-1].sum() > 0 and g[:, -1].sum() > 0
+    feats = m.forward_intermediates(torch.randn(1, 3, 33, 35), intermediates_only=True)
+    assert [tuple(f.shape[2:]) for f in feats] == [(9, 9), (5, 5), (3, 3), (2, 2)]
+
+
 def _to_authors(sd: dict) -> dict:
     """Our keys -> the authors' SAN keys (DataParallel ``module.`` prefix, under ``state_dict``)."""
     out = {}
