@@ -61,6 +61,8 @@ class ConvPathMixer(nn.Module):
         """Register ``fc`` / ``dep_conv`` (or ``shift_weight`` / ``shift_bias``) and ``rate1`` / ``rate2``."""
         self.combination = _enum(Combination, combination, "combination")
         self.shift = _enum(ShiftMode, shift, "shift")
+        self.has_attention = self.combination is not Combination.CONV
+        self.has_conv = self.combination is not Combination.ATTENTION
         for value, name in ((pieces, "pieces"), (head_dim, "head_dim"), (out_channels, "out_channels"),
                             (kernel_conv, "kernel_conv"), (stride, "stride")):
             check_positive(value, name)
@@ -95,14 +97,6 @@ class ConvPathMixer(nn.Module):
                     setattr(self, name, nn.Parameter(value))
                 else:
                     self.register_buffer(name, value)
-
-    @property
-    def has_attention(self) -> bool:
-        return self.combination is not Combination.CONV
-
-    @property
-    def has_conv(self) -> bool:
-        return self.combination is not Combination.ATTENTION
 
     @property
     def conv_weight(self) -> Tensor | None:
