@@ -123,3 +123,19 @@ def test_every_family_builds_and_trains_in_every_mode(name, mode):
     assert out.shape == (2, 3) and torch.isfinite(out).all()
     out.square().sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bad_switches_raise_value_error():
+    with pytest.raises(ValueError, match="combination='both'"):
+        SRAttention(12, 3, combination="both")
+    with pytest.raises(ValueError, match="shift='rolled'"):
+        SAM(32, 2, 8, acmix=True, shift="rolled")
+    with pytest.raises(ValueError, match="kernel_conv must be odd, got 2"):
+        WindowAttentionACmix(16, 2, kernel_conv=2)
+    with pytest.raises(ValueError, match="rates must be a pair"):
+        SRAttention(12, 3, acmix=True, rates=(1.0,))
+    with pytest.raises(ValueError, match="out_channels=8 is not divisible by head_dim=3"):
+        SAM(32, 3, 8, share_planes=4, acmix=True)
+    SAM(32, 3, 8, share_planes=4)  # no convolution path: no group constraint
+    with pytest.raises(ValueError, match="at least one path"):
+        _pvt(acmix=True)[0].combine(None, None)

@@ -521,7 +521,7 @@ default_cfgs = generate_default_cfgs({
     "conv_swin_tiny": _cfg(),
 })
 
-# Published figures (SPEC section 3: the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
+# Published figures (the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
 # Conv-Swin-T has no published size: its target is this implementation's count (Tab. 6 design).
 PAPER_FIGURES: dict[str, dict] = {
     "acmix_swin_tiny": dict(params_m=28.65, params_tol=0.02, macs_g=4.6, top1=81.9),

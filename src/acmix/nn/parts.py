@@ -131,9 +131,10 @@ class ConvPathMixer(nn.Module):
                           fc_bias=self.fc.bias)
 
     def combine(self, att: Tensor | None, conv: Tensor | None) -> Tensor:
-        """``rate1 * att + rate2 * conv``, or the one path the combination keeps."""
-        if not self.has_conv:
-            return att
-        if not self.has_attention:
-            return conv
-        return self.rate1 * att + self.rate2 * conv
+        """``rate1 * att + rate2 * conv``, or the one path the combination keeps (the other is None)."""
+        if att is not None and conv is not None:
+            return self.rate1 * att + self.rate2 * conv
+        out = att if conv is None else conv
+        if out is None:
+            raise ValueError("combine needs the output of at least one path, got None for both")
+        return out
