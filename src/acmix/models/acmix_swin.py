@@ -208,8 +208,9 @@ class SwinACmixBlock(SwinTransformerBlock):
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         # always_partition: keep window_size / shift_size as given (the step below picks them per input);
-        # dynamic_mask: no mask buffer for a fixed resolution
-        super().__init__(dim, (window_size, window_size), num_heads=num_heads, window_size=window_size,
+        # dynamic_mask: no mask buffer for a fixed resolution; head_dim=1: the WindowAttention timm builds
+        # here is replaced just below, so keep it small
+        super().__init__(dim, (window_size, window_size), num_heads=num_heads, head_dim=1, window_size=window_size,
                          shift_size=shift_size, always_partition=True, dynamic_mask=True, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop, drop_path=drop_path,
                          act_layer=act_layer, norm_layer=norm_layer, device=device, dtype=dtype)
