@@ -194,7 +194,8 @@ class SwinACmixBlock(SwinTransformerBlock):
     ``x + DropPath(attn(norm1(x)))`` (shifted windows), then ``x + DropPath(mlp(norm2(x)))``.
     The window and the cyclic shift are chosen per input: ``window_size`` and
     ``shift_size`` along each axis longer than the window, one unshifted window along
-    an axis no longer than it; maps are padded, then rolled (module docstring).
+    an axis no longer than it; maps are padded, then rolled (module docstring).  timm's
+    ``set_input_size`` / ``attn_mask`` do not apply: nothing here depends on a fixed input size.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
@@ -205,8 +206,6 @@ class SwinACmixBlock(SwinTransformerBlock):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size={shift_size} must be in [0, window_size={window_size})")
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         # always_partition: keep window_size / shift_size as given (the step below picks them per input);
         # dynamic_mask: no mask buffer for a fixed resolution; head_dim=1: the WindowAttention timm builds
         # here is replaced just below, so keep it small
