@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from acmix.models.acmix_san import PAPER_FIGURES, SAM, SAN, checkpoint_filter_fn
 from acmix.ops.patchwise import patchwise_aggregation_reference
-from helpers import randomize_
+from helpers import input_gradient, randomize_
 
 SMALL = dict(layers=(1, 1, 1, 1, 1), kernels=(3, 7, 7, 7, 7), widths=(32, 32, 64, 64, 128), stem_chs=16)
 
@@ -103,9 +103,7 @@ def test_odd_sizes_are_pooled_not_cropped(acmix):
     """The 2x2 pools keep a last odd row / column (ceil mode): it reaches the output."""
     torch.manual_seed(0)
     m = SAN(**SMALL, acmix=acmix, num_classes=3).eval()
-    x = torch.randn(1, 3, 33, 35, requires_grad=True)
-    m(x).square().sum().backward()
-    g = x.grad.abs().sum(1)[0]
+    g = input_gradient(m, 33, 35)
     assert g[-1].sum() > 0 and g[:, -1].sum() > 0
     feats = m.forward_intermediates(torch.randn(1, 3, 33, 35), intermediates_only=True)
     assert [tuple(f.shape[2:]) for f in feats] == [(9, 9), (5, 5), (3, 3), (2, 2)]
