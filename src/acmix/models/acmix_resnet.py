@@ -145,8 +145,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: ACmixResNet) -> dict
 
 def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[str, Any] | None = None,
                    **kwargs: Any) -> ACmixResNet:
-    """``acmix_kwargs`` go to every ACmix layer (e.g. ``backend``, ``shift``, ``combination``)."""
+    """``acmix_kwargs`` go to every ACmix layer (e.g. ``backend``, ``shift``, ``combination``).
+
+    ``combination`` and ``shift`` are also taken directly, as every family takes them.
+    """
     cfg = model_cfgs[variant]
+    switches = {k: kwargs.pop(k) for k in ("combination", "shift") if k in kwargs}
+    if switches:
+        acmix_kwargs = {**(acmix_kwargs or {}), **switches}
     if acmix_kwargs:
         if cfg.blocks[0].type != "self_attn":
             raise ValueError(f"acmix_kwargs={acmix_kwargs!r} given to {variant}, which has no ACmix layers")
