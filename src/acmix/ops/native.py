@@ -26,10 +26,11 @@ dispatch reports it (``torch.backends.cpu.get_cpu_capability()``: AVX512 ->
 compiler's default target on other architectures), and it is part of the name,
 so a cache shared by mixed CPUs holds one binary per level.  Environment:
 ``ACMIX_NATIVE_MARCH=<arch>`` passes ``-march=<arch>`` instead (empty: the
-compiler's default target; ``native`` is allowed but then only for one
-machine), ``ATEN_CPU_CAPABILITY`` lowers PyTorch's (and so this) level,
-``ACMIX_DISABLE_NATIVE=1`` turns the kernel off.  No ``-ffast-math``: results
-do not depend on the build, and NaN/Inf propagate as in the reference.
+compiler's default target; ``native``: this kind of CPU only, its feature
+flags then enter the hash), ``ATEN_CPU_CAPABILITY`` lowers PyTorch's (and so
+this) level, ``ACMIX_DISABLE_NATIVE=1`` turns the kernel off.  No ``-ffast-math``: NaN and
+Inf propagate as in the reference (the softmax's exp is still vectorised, with
+glibc's vector ``exp`` declared in the source).
 
 Second derivatives.  The op's backward is the kernel's, except under
 ``create_graph=True`` (gradient penalties, ``gradgradcheck``), where it is the
@@ -101,6 +102,15 @@ def _target() -> str | None:
     return None
 
 
+def _cpu_flags() -> str:
+    """The CPU's feature list (Linux), which ``-march=native`` builds depend on."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line for line in lines if line.startswith(("flags", "Features"))), platform.processor())
+
+
 def build_config() -> BuildConfig:
     """The flags and the cache name a build in this process uses (needs a compiler: see :func:`available`)."""
     compiler = _compiler() or ""
@@ -108,7 +118,8 @@ def build_config() -> BuildConfig:
     flags = (*_BASE_FLAGS, *((f"-march={march}",) if march else ()))
     isa = march or "default"
     key = "\n".join([_SOURCE.read_text(), " ".join(flags), torch.__version__, sys.version,
-                     platform.machine(), compiler, _compiler_version(compiler) if compiler else ""])
+                     platform.machine(), compiler, _compiler_version(compiler) if compiler else "",
+                     _cpu_flags() if march == "native" else ""])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return BuildConfig(f"acmix_stage2_{re.sub(r'[^0-9A-Za-z]', '_', isa)}_{digest}", isa, flags, compiler)
 
