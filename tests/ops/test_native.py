@@ -60,6 +60,21 @@ def test_build_name_keys_isa_and_flags(monkeypatch):
     assert len({default.name, v2.name, generic.name}) == 3
 
 
+@pytest.mark.parametrize("change", ["source", "torch", "compiler"])
+def test_build_name_keys_source_torch_compiler(monkeypatch, tmp_path, change):
+    before = native.build_config()
+    if change == "source":
+        source = tmp_path / "stage2.cpp"
+        source.write_text(native._SOURCE.read_text() + "\n// edited\n")
+        monkeypatch.setattr(native, "_SOURCE", source)
+    elif change == "torch":
+        monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
+    else:
+        monkeypatch.setattr(native, "_compiler_version", lambda path: "another compiler 1.0")
+    after = native.build_config()
+    assert after.name != before.name and after.isa == before.isa
+
+
 @pytest.mark.parametrize(("capability", "level"), [("AVX512", "x86-64-v4"), ("AVX2", "x86-64-v3"),
                                                    ("DEFAULT", "x86-64")])
 def test_build_isa_follows_torch_capability(monkeypatch, capability, level):
@@ -194,6 +209,7 @@ def test_gradient_penalty_step_matches_eager(native_kernel, entry):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # from torch's jvp
 def test_torch_func_transforms_match_reference(native_kernel):
     """grad, forward-over-reverse hvp, jacrev and vmap: the dispatcher leaves the op for the eager path."""
     layer = make_layer((4, 8, 2, 3, 3, 1, 1, {}), seed=7)

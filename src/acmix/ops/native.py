@@ -62,6 +62,7 @@ __all__ = ["BuildConfig", "available", "build", "build_config", "fits", "stage2"
 
 _SOURCE = Path(__file__).with_name("csrc") / "stage2.cpp"
 _BASE_FLAGS = ("-O3", "-fopenmp", "-fno-math-errno")  # -fno-math-errno keeps IEEE NaN/Inf semantics
+_LDFLAGS = ("-fopenmp",)
 _X86_LEVELS = {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}  # torch's capability -> -march level
 _lock = threading.Lock()
 _module = None
@@ -117,7 +118,7 @@ def build_config() -> BuildConfig:
     march = _target()
     flags = (*_BASE_FLAGS, *((f"-march={march}",) if march else ()))
     isa = march or "default"
-    key = "\n".join([_SOURCE.read_text(), " ".join(flags), torch.__version__, sys.version,
+    key = "\n".join([_SOURCE.read_text(), " ".join(flags), " ".join(_LDFLAGS), torch.__version__, sys.version,
                      platform.machine(), compiler, _compiler_version(compiler) if compiler else "",
                      _cpu_flags() if march == "native" else ""])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -159,7 +160,7 @@ def _load(verbose: bool = False):
 
             _config = cfg = build_config()
             _module = load(name=cfg.name, sources=[str(_SOURCE)], extra_cflags=list(cfg.flags),
-                           extra_ldflags=["-fopenmp"], verbose=verbose)
+                           extra_ldflags=list(_LDFLAGS), verbose=verbose)
         except Exception as exc:  # a broken toolchain must not break the layer
             _failed = _reason(exc)
             warnings.warn(f"acmix: compiled CPU kernel unavailable, using the eager path ({_failed})",
