@@ -44,7 +44,7 @@ def _report(start: float, result: Any) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(["train", "--preset", "fmnist", *argv])
+    args = build_parser().parse_args(["train", "--preset", "fmnist", "--overwrite", *argv])
     _build_kernels()
     args.func = functools.partial(train_cmd.command, report=functools.partial(_report, time.perf_counter()))
     return dispatch(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_parser", "command"]
@@ -18,11 +19,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    from acmix.train.checkpoint import WEIGHT_SUFFIXES, extract_state_dict, load_checkpoint, save_weights
 
-    from acmix.train.checkpoint import extract_state_dict, load_checkpoint
-
-    sd = extract_state_dict(load_checkpoint(args.checkpoint), use_ema=args.use_ema)
-    save_file({k: v.contiguous() for k, v in sd.items()}, args.output)
-    print(f"wrote {len(sd)} tensors to {args.output}")
+    src, dst = Path(args.checkpoint), Path(args.output)
+    if dst.exists() and src.exists() and dst.samefile(src):
+        raise ValueError(f"export would overwrite its input {src}; give another output file")
+    if dst.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{dst}: unknown weights format {dst.suffix or '(no extension)'!r}; "
+                         f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+    sd = extract_state_dict(load_checkpoint(src), use_ema=args.use_ema)
+    save_weights(sd, dst, {"source": src.name})
+    print(f"wrote {len(sd)} tensors to {dst} ({'safetensors' if dst.suffix == '.safetensors' else 'torch.save'})")
     return 0

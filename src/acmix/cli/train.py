@@ -24,6 +24,8 @@ HELP = {
     "grad_accum": "micro-batches per optimizer step",
     "lr": "absolute learning rate (default: --lr-base scaled to the global batch)",
     "amp": "mixed precision (bf16 on CPU, fp16 + GradScaler on CUDA unless --amp-dtype)",
+    "overwrite": "let a fresh run replace the previous run in --output (otherwise it refuses)",
+    "init_from": "start a new run from these weights (a last.pth/best.pth, a state dict or .safetensors)",
     "resume": "checkpoint to resume from, or 'auto' (OUTPUT/last.pth when it exists)",
     "output": "run folder: config.json, metrics.jsonl/csv/png, last.pth, best.pth, model.safetensors",
     "workers": "data loader worker processes per rank",

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "atomic_save", "atomic_write", "capture_rng", "check_writable", "export_safetensors",
-           "extract_state_dict", "load_checkpoint", "load_weights", "remove_stale_temps", "restore_rng",
-           "save_weights", "unwrap"]
+__all__ = ["WEIGHT_SUFFIXES", "CheckpointError", "atomic_save", "atomic_write", "capture_rng", "check_writable",
+           "export_safetensors", "extract_state_dict", "load_checkpoint", "load_weights", "remove_stale_temps",
+           "restore_rng", "save_weights", "unwrap"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 

@@ -23,6 +23,7 @@ class TrainConfig:
     model: str = "acmix_resnet_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+    init_from: str | None = None  # start a new run from these weights (our checkpoint, a state dict, safetensors)
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
     # data
@@ -87,6 +88,7 @@ class TrainConfig:
     # outputs
     output: str = "runs/train"
     resume: str | None = None
+    overwrite: bool = False  # a fresh run may replace the previous run in `output`
     checkpoint_every: int = 0  # also save `last` every N optimizer steps (0: at epoch ends only)
     eval_every: int = 1  # evaluate every N epochs (the last epoch always)
     log_interval: int = 50

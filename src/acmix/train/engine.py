@@ -32,16 +32,19 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 
+from . import checkpoint as C
 from . import distributed as D
 from .build import amp_settings, build_loss, build_model, build_transform, resolve_data, seed_all, set_deterministic
-from .checkpoint import atomic_save, capture_rng, export_safetensors, unwrap
 from .config import TrainConfig, effective_lr
 from .data import SafeDataset, build_loader, inspect_data, make_dataset
 from .evaluate import evaluate
 from .metrics import MetricsLogger, plot_metrics
 from .resume import resume
 
-__all__ = ["Run", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["RUN_FILES", "Run", "TrainResult", "TrainingDiverged", "train"]
+
+RUN_FILES = ("last.pth", "best.pth", "model.safetensors", "model_ema.safetensors", "config.json", "metrics.jsonl",
+             "metrics.csv", "metrics.png")
 
 
 class TrainingDiverged(RuntimeError):
@@ -121,16 +124,33 @@ class Run:
 
     def state(self) -> dict[str, Any]:
         """Everything a resume needs (plain containers and tensors); ``rng`` is added by :meth:`save`."""
-        return {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": C.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                 "ema": self.ema.module.state_dict() if self.ema is not None else None, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "best_top1": self.best,
                 "loss_carry": self.loss_carry, "config": json.loads(json.dumps(self.resolved, default=str))}
 
+    def check_finite(self, where: str) -> None:
+        """Raise :class:`TrainingDiverged` rather than write non-finite weights over good ones."""
+        modules = [("model", self.model)] + ([("EMA", self.ema.module)] if self.ema is not None else [])
+        for label, module in modules:
+            for name, t in C.unwrap(module).state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise TrainingDiverged(
+                        f"training diverged: {label} weight {name} is not finite at epoch {self.epoch + 1}, step "
+                        f"{self.step_in_epoch} (global step {self.global_step}); {where} not written, the files in "
+                        f"{self.out} keep the last good state. {self.hint()}")
+
+    def hint(self) -> str:
+        lr = self.resolved["resolved"]["lr"]
+        return (f"Try a lower --lr (now {lr:.3g}), --clip-grad 1.0"
+                + (", or training without --amp" if self.cfg.amp else "") + ".")
+
     def save(self, name: str) -> None:
-        rng = D.all_gather_objects(capture_rng())  # a collective: every rank takes part
+        self.check_finite(name)
+        rng = D.all_gather_objects(C.capture_rng())  # a collective: every rank takes part
         if self.dist.is_main:
-            atomic_save({**self.state(), "rng": rng}, self.out / name)
+            C.atomic_save({**self.state(), "rng": rng}, self.out / name)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -138,6 +158,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     dist = D.setup(cfg.device)
     try:
         with _StopFlag() as stop:
+            prepare_output(cfg, dist)
             run = setup(cfg, dist)
             if cfg.resume:
                 resume(run)
@@ -163,6 +184,25 @@ def train(cfg: TrainConfig) -> TrainResult:
         D.cleanup()
 
 
+def prepare_output(cfg: TrainConfig, dist: D.DistInfo) -> None:
+    """Before any work: the output folder is writable, holds no other run (unless ``overwrite``), no stale temps."""
+    out = Path(cfg.output)
+    resuming = cfg.resume not in (None, "auto") or (cfg.resume == "auto" and (out / "last.pth").is_file())
+    previous = [name for name in RUN_FILES if (out / name).exists()]
+    if previous and not resuming and not cfg.overwrite:
+        raise ValueError(f"output folder {out} holds a previous run ({', '.join(previous[:4])}); continue it with "
+                         f"--resume auto, or pass --overwrite to replace it (or choose another --output)")
+    if not dist.is_main:
+        return
+    C.check_writable(out)
+    if previous and not resuming:  # --overwrite: no file of the old run may pass for this one's
+        for name in previous:
+            (out / name).unlink()
+    stale = C.remove_stale_temps(out, RUN_FILES)
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) left by an interrupted save in {out}", flush=True)
+
+
 def setup(cfg: TrainConfig, dist: D.DistInfo) -> Run:
     """Data, model, optimizer, scheduler, AMP, EMA, Mixup and loss (same init on every rank)."""
     if cfg.threads:
@@ -172,6 +212,9 @@ def setup(cfg: TrainConfig, dist: D.DistInfo) -> Run:
     info = inspect_data(cfg.data, cfg.dataset, cfg.train_split, cfg.val_split)
     seed_all(cfg.seed)
     model = build_model(cfg, info.num_classes, info.in_chans)
+    if cfg.init_from:
+        C.load_weights(model, C.extract_state_dict(C.load_checkpoint(cfg.init_from)),
+                     f"--init-from {cfg.init_from} does not match {cfg.model}")
     data_cfg = resolve_data(cfg, model, info)
     train_ds = SafeDataset(make_dataset(info, cfg.train_split, True, build_transform(cfg, data_cfg, True)),
                            cfg.seed, cfg.train_subset, seed_numpy=cfg.auto_augment is not None)
@@ -297,6 +340,14 @@ def train_epoch(run: Run, stop: _StopFlag) -> str | None:
         if not sync:
             continue
         micro = 0
+        bad = not bool(torch.isfinite(loss_sum))
+        if dist.distributed:
+            bad = D.any_rank(bad, device)
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged: the loss is {loss.item():.4g} at epoch {run.epoch + 1}, step "
+                f"{run.step_in_epoch + 1} (global step {run.global_step + 1}); stopped without saving, the files "
+                f"in {run.out} keep the last good state. {run.hint()}")
         _optimizer_step(run)
         lr = run.optimizer.param_groups[0]["lr"]
         if bar is not None:
@@ -371,9 +422,10 @@ def finish(run: Run) -> None:
         return
     cfg = run.cfg
     if run.epoch == cfg.epochs:
-        export_safetensors(run.model, run.out / "model.safetensors", {"model": cfg.model, "epoch": str(run.epoch)})
+        run.check_finite("model.safetensors")
+        C.export_safetensors(run.model, run.out / "model.safetensors", {"model": cfg.model, "epoch": str(run.epoch)})
         if run.ema is not None:
-            export_safetensors(run.ema.module, run.out / "model_ema.safetensors", {"model": cfg.model})
+            C.export_safetensors(run.ema.module, run.out / "model_ema.safetensors", {"model": cfg.model})
     if run.logger is not None:
         if cfg.plot and run.logger.rows:
             plot_metrics(run.logger.rows, run.out / "metrics.png")

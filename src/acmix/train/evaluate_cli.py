@@ -12,7 +12,7 @@ import torch
 
 from . import distributed as D
 from .build import amp_settings, build_model, build_transform, resolve_data
-from .checkpoint import extract_state_dict, load_checkpoint, load_weights
+from .checkpoint import check_writable, extract_state_dict, load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import SafeDataset, build_loader, inspect_data, make_dataset
 from .evaluate import evaluate
@@ -64,6 +64,10 @@ def _config_from(ckpt: dict[str, Any] | None, ec: EvalConfig) -> tuple[TrainConf
 def run_eval(ec: EvalConfig) -> dict[str, Any]:
     if not ec.checkpoint and not ec.pretrained_file:
         raise ValueError("give --checkpoint (ours, a state dict or safetensors) or --pretrained-file")
+    if ec.results:  # before the work, not after it
+        if Path(ec.results).is_dir():
+            raise ValueError(f"--results {ec.results} is a folder; give a file name")
+        check_writable(Path(ec.results).parent, "--results folder")
     ckpt = load_checkpoint(ec.checkpoint) if ec.checkpoint else None
     cfg, num_classes = _config_from(ckpt, ec)
     dist = D.setup(cfg.device)
