@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 from typing import Any
 
 __all__ = ["add_parser", "command"]
@@ -18,7 +19,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def command(args: argparse.Namespace) -> int:
     from acmix.models.acmix_swin import convert_checkpoint
+    from acmix.train.checkpoint import read_error
 
-    keys = convert_checkpoint(args.source, args.output)
+    try:
+        keys = convert_checkpoint(args.source, args.output)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, UnicodeDecodeError) as e:
+        raise read_error(args.source, e) from None  # garbage, truncated or refused: one line naming the file
     print(f"wrote {len(keys)} tensors to {args.output}")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +94,12 @@ def command(args: argparse.Namespace, report: Callable[[Any], int] | None = None
     from acmix.train import train
 
     cfg = config_from_args(args)
+    if args.preset is None and not cfg.resume:
+        from acmix.train.recipe import choose_recipe
+
+        cfg, why = choose_recipe(cfg, given=[k for k in vars(args) if k not in OWN_FLAGS])
+        if os.environ.get("RANK", "0") == "0":
+            print(why, file=sys.stderr if args.print_config else sys.stdout, flush=True)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0

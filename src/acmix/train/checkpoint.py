@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 __all__ = ["WEIGHT_SUFFIXES", "CheckpointError", "atomic_save", "atomic_write", "capture_rng", "check_writable",
-           "export_safetensors", "extract_state_dict", "load_checkpoint", "load_weights", "remove_stale_temps",
-           "restore_rng", "save_weights", "unwrap"]
+           "export_safetensors", "extract_state_dict", "load_checkpoint", "load_weights", "read_error",
+           "remove_stale_temps", "restore_rng", "save_weights", "unwrap"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -158,7 +158,7 @@ def check_writable(folder: str | Path, what: str = "output folder") -> Path:
 _GLOBAL = re.compile(r"(?:global|GLOBAL)\s+([\w.]+)")
 
 
-def _read_error(path: Path, e: BaseException) -> CheckpointError:
+def read_error(path: str | Path, e: BaseException) -> CheckpointError:
     """One line for a file torch cannot (or must not) read; never torch's advice to disable weights_only."""
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and "refusing" in text:
@@ -168,7 +168,7 @@ def _read_error(path: Path, e: BaseException) -> CheckpointError:
                                f"checkpoint never holds (not loaded with weights_only=True; nothing was run)")
     first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
     return CheckpointError(f"{path}: not a readable checkpoint (truncated or another format: "
-                           f"{type(e).__name__}: {first[:120]})")
+                           f"{type(e).__name__}: {first.split('. ')[0][:120]})")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -183,7 +183,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except MemoryError:
         raise
     except Exception as e:
-        raise _read_error(path, e) from None
+        raise read_error(path, e) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return dict(obj)

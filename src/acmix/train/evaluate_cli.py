@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ import torch
 
 from . import distributed as D
 from .build import amp_settings, build_model, build_transform, resolve_data
-from .checkpoint import check_writable, extract_state_dict, load_checkpoint, load_weights
-from .config import TrainConfig
+from .checkpoint import check_writable, extract_state_dict, load_checkpoint, load_weights, read_error
+from .checks import check_types
+from .config import TrainConfig, validate
 from .data import SafeDataset, build_loader, inspect_data, make_dataset
 from .evaluate import evaluate
 
-__all__ = ["EvalConfig", "run_eval"]
+__all__ = ["EvalConfig", "run_eval", "validate_eval"]
 
 
 @dataclass
@@ -58,10 +60,24 @@ def _config_from(ckpt: dict[str, Any] | None, ec: EvalConfig) -> tuple[TrainConf
         raise ValueError("--model is required (the checkpoint does not name its model)")
     values.update(amp=ec.amp, channels_last=ec.channels_last, device=ec.device, pretrained=False,
                   drop_path_rate=None, drop_rate=0.0)
-    return TrainConfig(**values), ec.num_classes or num_classes
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg, ec.num_classes or num_classes
+
+
+def validate_eval(ec: EvalConfig) -> None:
+    """Raise ``ValueError`` naming the first bad eval setting, before any work."""
+    check_types(ec)
+    for name, low in (("batch_size", 1), ("workers", 0), ("subset", 0), ("num_classes", 1)):
+        value = getattr(ec, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value!r}")
+    if ec.input_size is not None and min(ec.input_size) < 1:
+        raise ValueError(f"--input-size must be positive, got {ec.input_size!r}")
 
 
 def run_eval(ec: EvalConfig) -> dict[str, Any]:
+    validate_eval(ec)
     if not ec.checkpoint and not ec.pretrained_file:
         raise ValueError("give --checkpoint (ours, a state dict or safetensors) or --pretrained-file")
     if ec.results:  # before the work, not after it
@@ -80,7 +96,12 @@ def run_eval(ec: EvalConfig) -> dict[str, Any]:
                 raise FileNotFoundError(f"--pretrained-file {str(path)!r} not found")
             cfg = dataclasses.replace(cfg, pretrained=True)
             extra["pretrained_cfg_overlay"] = {"file": str(path)}
-        model = build_model(cfg, num_classes or info.num_classes, info.in_chans, **extra)
+        try:
+            model = build_model(cfg, num_classes or info.num_classes, info.in_chans, **extra)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            if not ec.pretrained_file:
+                raise
+            raise read_error(ec.pretrained_file, e) from None
         if ckpt is not None:
             sd = extract_state_dict(ckpt, use_ema=ec.use_ema)
             load_weights(model, sd, f"{ec.checkpoint} does not match {cfg.model}")
