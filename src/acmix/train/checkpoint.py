@@ -145,6 +145,8 @@ def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]
 def check_writable(folder: str | Path, what: str = "output folder") -> Path:
     """Create ``folder`` and write a probe file in it now, before any work that would be lost."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{what} {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
