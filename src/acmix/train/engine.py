@@ -4,7 +4,10 @@ Read it top-down: :func:`train` builds a :class:`Run` (:func:`setup`: data,
 model, optimizer; :func:`resume` puts a checkpoint's state into it), then calls
 :func:`train_epoch` and :func:`end_epoch` until the schedule is done or a
 signal stops it.  Everything that changes while training (position, best
-accuracy, loss carried over a mid-epoch save) lives on the :class:`Run`.
+accuracy, loss carried over a mid-epoch save) lives on the :class:`Run`.  The
+run folder (checked before any work, exported at the end) is
+:mod:`acmix.train.outputs`.  A non-finite loss or weights raise
+:class:`TrainingDiverged` before anything is written.
 
 Exact resume: the sampler permutation is a function of ``(seed, epoch)``,
 augmentation of ``(seed, epoch, index)``; checkpoints hold model, optimizer,
@@ -38,14 +41,11 @@ from .build import amp_settings, build_loss, build_model, build_transform, resol
 from .config import TrainConfig, effective_lr
 from .data import SafeDataset, build_loader, inspect_data, make_dataset
 from .evaluate import evaluate
-from .metrics import MetricsLogger, plot_metrics
+from .metrics import MetricsLogger
+from .outputs import finish, prepare_output, start_outputs
 from .resume import resume
 
-__all__ = ["RUN_FILES", "Run", "TrainResult", "TrainingDiverged", "train"]
-
-RUN_FILES = ("last.pth", "best.pth", "model.safetensors", "model_ema.safetensors", "config.json", "metrics.jsonl",
-             "metrics.csv", "metrics.png")
-
+__all__ = ["Run", "TrainResult", "TrainingDiverged", "train"]
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or weights: the run stops and nothing is saved over the last good files."""
@@ -184,25 +184,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         D.cleanup()
 
 
-def prepare_output(cfg: TrainConfig, dist: D.DistInfo) -> None:
-    """Before any work: the output folder is writable, holds no other run (unless ``overwrite``), no stale temps."""
-    out = Path(cfg.output)
-    resuming = cfg.resume not in (None, "auto") or (cfg.resume == "auto" and (out / "last.pth").is_file())
-    previous = [name for name in RUN_FILES if (out / name).exists()]
-    if previous and not resuming and not cfg.overwrite:
-        raise ValueError(f"output folder {out} holds a previous run ({', '.join(previous[:4])}); continue it with "
-                         f"--resume auto, or pass --overwrite to replace it (or choose another --output)")
-    if not dist.is_main:
-        return
-    C.check_writable(out)
-    if previous and not resuming:  # --overwrite: no file of the old run may pass for this one's
-        for name in previous:
-            (out / name).unlink()
-    stale = C.remove_stale_temps(out, RUN_FILES)
-    if stale:
-        print(f"removed {len(stale)} temporary file(s) left by an interrupted save in {out}", flush=True)
-
-
 def setup(cfg: TrainConfig, dist: D.DistInfo) -> Run:
     """Data, model, optimizer, scheduler, AMP, EMA, Mixup and loss (same init on every rank)."""
     if cfg.threads:
@@ -261,21 +242,6 @@ def setup(cfg: TrainConfig, dist: D.DistInfo) -> Run:
     return Run(cfg, dist, Path(cfg.output), model, ddp_model, torch.compile(ddp_model) if cfg.compile else ddp_model,
                optimizer, scheduler, scaler, autocast, ema, mixup, build_loss(cfg, mixup is not None), train_ds,
                val_ds, train_loader, val_loader, steps_per_epoch, resolved)
-
-
-def start_outputs(run: Run) -> None:
-    """``config.json``, the metrics logger (truncated to the resumed epoch) and the first log line."""
-    if not run.dist.is_main:
-        return
-    run.out.mkdir(parents=True, exist_ok=True)
-    (run.out / "config.json").write_text(json.dumps(run.resolved, indent=2, default=str) + "\n")
-    run.logger = MetricsLogger(run.out, run.cfg.tensorboard, start_epoch=run.epoch)
-    n_params = sum(p.numel() for p in run.model.parameters())
-    res, cfg = run.resolved["resolved"], run.cfg
-    print(f"model {cfg.model}: {n_params:,} parameters; {res['dataset']} data, {len(run.train_ds)} train / "
-          f"{len(run.val_ds)} val images; {run.dist.world_size} process(es) on {run.dist.device}; global batch "
-          f"{cfg.batch_size * cfg.grad_accum * run.dist.world_size}, lr {res['lr']:.3g}; output {run.out}",
-          flush=True)
 
 
 def _optimizer_step(run: Run) -> None:
@@ -414,19 +380,3 @@ def end_epoch(run: Run) -> None:
     run.save("last.pth")
     if is_best:
         run.save("best.pth")
-
-
-def finish(run: Run) -> None:
-    """At the end of the schedule: the safetensors exports; always: the plot, the logger closed."""
-    if not run.dist.is_main:
-        return
-    cfg = run.cfg
-    if run.epoch == cfg.epochs:
-        run.check_finite("model.safetensors")
-        C.export_safetensors(run.model, run.out / "model.safetensors", {"model": cfg.model, "epoch": str(run.epoch)})
-        if run.ema is not None:
-            C.export_safetensors(run.ema.module, run.out / "model_ema.safetensors", {"model": cfg.model})
-    if run.logger is not None:
-        if cfg.plot and run.logger.rows:
-            plot_metrics(run.logger.rows, run.out / "metrics.png")
-        run.logger.close()
