@@ -91,3 +91,23 @@ def test_small_images_get_the_small_image_recipe(tmp_path: Path, capsys: pytest.
     assert (cfg["scale"], cfg["input_size"], cfg["opt"], cfg["hflip"]) == ([1.0, 1.0], [3, 8, 8], "adamw", 0.25)
     assert main(["train", "--data", str(tmp_path), "--preset", "resnet", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["scale"] == [0.08, 1.0]  # a preset is taken as given
+
+
+def test_resume_without_flags_takes_the_checkpoint_settings(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "d" / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+                    tmp_path / "d" / split / f"c{c}/{i}.png")
+    out = str(tmp_path / "run")
+    first = ["train", "--data", str(tmp_path / "d"), "--model-kwargs", TINY, "-b", "2", "-j", "0", "--epochs", "2",
+             "--output", out, "--no-plot"]
+    assert main([*first, "--max-steps", "1"]) == 0
+    assert capsys.readouterr().out.startswith("recipe: small-image")
+    assert main(["train", "--output", out, "--resume", "auto"]) == 0  # nothing else given: not refused
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"resume: settings not given are those of {out}/last.pth"
+    assert any(line.startswith(f"resumed from {out}/last.pth: epoch 0, step 1/3") for line in lines)

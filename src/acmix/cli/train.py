@@ -89,15 +89,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return resolve_config(args.preset, overrides)
 
 
+def _defaults_for(cfg: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """Without ``--preset``: a resumed run's settings are its checkpoint's; a new run's, the recipe for its data."""
+    from acmix.train import resolve_config
+    from acmix.train.recipe import choose_recipe
+    from acmix.train.resume import resume_path, saved_settings
+
+    given = {k: v for k, v in vars(args).items() if k not in OWN_FLAGS}
+    path = resume_path(cfg.resume, cfg.output)
+    saved = saved_settings(path) if path else {}
+    if saved:
+        return resolve_config(None, {**saved, **given}), f"resume: settings not given are those of {path}"
+    return choose_recipe(cfg, given)
+
+
 def command(args: argparse.Namespace, report: Callable[[Any], int] | None = None) -> int:
     """Train; ``report(result)`` (the demo's summary) gives the exit code when set."""
     from acmix.train import train
 
     cfg = config_from_args(args)
-    if args.preset is None and not cfg.resume:
-        from acmix.train.recipe import choose_recipe
-
-        cfg, why = choose_recipe(cfg, given=[k for k in vars(args) if k not in OWN_FLAGS])
+    if args.preset is None:
+        cfg, why = _defaults_for(cfg, args)
         if os.environ.get("RANK", "0") == "0":
             print(why, file=sys.stderr if args.print_config else sys.stdout, flush=True)
     if args.print_config:

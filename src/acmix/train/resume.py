@@ -10,6 +10,7 @@ optimizer's hyperparameters are the config's, not the checkpoint's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_weights, restore_
 if TYPE_CHECKING:
     from .engine import Run
 
-__all__ = ["resume"]
+__all__ = ["resume", "resume_path", "saved_settings"]
 
 # must match the checkpoint: they decide the model, the data order and what a step is
 FIXED = ("model", "model_kwargs", "data", "dataset", "train_split", "train_subset", "batch_size", "grad_accum",
@@ -30,6 +31,29 @@ EXECUTION = ("resume", "output", "overwrite", "device", "workers", "threads", "l
              "pin_memory", "max_steps", "checkpoint_every", "eval_every", "compile", "deterministic", "init_from",
              "val_subset", "val_split")
 POSITION = ("model", "optimizer", "epoch", "step_in_epoch", "global_step")
+
+
+def resume_path(resume: str | None, output: str) -> str | None:
+    """The checkpoint ``resume`` names (``auto``: ``output/last.pth`` when it exists), or None."""
+    if resume == "auto":
+        last = Path(output) / "last.pth"
+        return str(last) if last.is_file() else None
+    return resume
+
+
+def saved_settings(path: str) -> dict[str, Any]:
+    """The training settings stored in the checkpoint at ``path`` (none when it has none or cannot be read),
+    less the ones that say where to write and what to start from."""
+    from .config import TrainConfig
+
+    try:
+        saved = load_checkpoint(path).get("config")
+    except (ValueError, FileNotFoundError):
+        return {}  # resume() gives the message
+    if not isinstance(saved, dict):
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "output", "overwrite", "init_from"}
+    return {k: v for k, v in saved.items() if k in names}
 
 
 def _show(value: Any) -> str:
@@ -56,9 +80,7 @@ def _compare(path: str, saved: dict[str, Any], run: Run) -> list[str]:
 def resume(run: Run) -> None:
     """Load model, optimizer, scaler, EMA, position and RNG states from ``run.cfg.resume``."""
     cfg, dist = run.cfg, run.dist
-    path = cfg.resume
-    if path == "auto":
-        path = str(run.out / "last.pth") if (run.out / "last.pth").is_file() else None
+    path = resume_path(cfg.resume, cfg.output)
     if not path:
         seed_all(cfg.seed + dist.rank)
         return
