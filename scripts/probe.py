@@ -198,6 +198,39 @@ def _bad_image(ws: dict[str, Path]) -> None:
     (ws["images"] / "train" / "c1" / "bad.png").write_bytes(b"\x89PNG garbage")
 
 
+def _full_disk_save(ws: dict[str, Path]) -> None:
+    """A save onto a full disk (a fake ``torch.save`` raising ENOSPC) over an existing checkpoint."""
+    import errno
+    from unittest import mock
+
+    from acmix.train import checkpoint as C
+    path = ws["tmp"] / "last.pth"
+    C.atomic_save({"w": torch.ones(3)}, path)
+
+    def full(obj: object, f: str) -> None:
+        Path(f).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with mock.patch.object(C.torch, "save", full):
+        C.atomic_save({"w": torch.zeros(3)}, path)
+
+
+def _old_kept(ws: dict[str, Path]) -> str | None:
+    ok = torch.equal(torch.load(ws["tmp"] / "last.pth", weights_only=True)["w"], torch.ones(3))
+    left = [p.name for p in ws["tmp"].iterdir() if p.name != "last.pth"]
+    return None if ok and not left else f"old checkpoint lost or temporary files left: {left}"
+
+
+def _stale_temp(ws: dict[str, Path]) -> None:
+    _copy_run(ws)
+    (ws["tmp"] / "run" / ".last.pth.k1ll3d.tmp").write_bytes(b"x" * 1000)
+
+
+def _no_temp(ws: dict[str, Path]) -> str | None:
+    left = list((ws["tmp"] / "run").glob(".*.tmp"))
+    return f"{len(left)} temporary file(s) left" if left else None
+
+
 def _eval(*extra: str) -> list[str]:
     return ["eval", "--checkpoint", "{run}/last.pth", "--data", "{data}", "-j", "0", *extra]
 
@@ -218,6 +251,9 @@ CASES: list[Case] = [
          setup=_copy_run),
     Case("start from weights (--init-from)", "ok",
          _train("{tmp}/o", "--init-from", "{tmp}/bare.pth", "--max-steps", "1"), setup=_bare),
+    Case("save onto a full disk", "error", call=_full_disk_save, check=_old_kept),
+    Case("stale temp file of a killed save", "ok", _train("{tmp}/run", "--resume", "auto", "--max-steps", "3"),
+         setup=_stale_temp, check=_no_temp),
     Case("export onto its input", "error", ["export", "{tmp}/run/last.pth", "{tmp}/run/last.pth"], setup=_copy_run),
     Case("export to .pth writes torch format", "ok", ["export", "{run}/last.pth", "{tmp}/w.pth"],
          check=_is_torch_file),
