@@ -134,6 +134,26 @@ def test_fake_tensor_shapes_and_dtype():
     assert d_v.shape == v.shape and d_v.dtype == v.dtype and d_wt.shape == wt.shape and d_wt.dtype == wt.dtype
 
 
+def test_kernels_compile_for_an_nvidia_target():
+    """Without a GPU, the compiled (not interpreted) kernels still go through Triton's whole pipeline to PTX."""
+    pytest.importorskip("triton.backends.nvidia")
+    triton, tl = triton_patchwise.triton, triton_patchwise.tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    window, value_grad = triton_patchwise._kernels(interpret=False)
+    launches = [(window, dict(v_ptr="*bf16", a_ptr="*fp32", out_ptr="*fp32"), dict(GRAD_WEIGHT=False)),
+                (window, dict(v_ptr="*fp16", a_ptr="*fp16", out_ptr="*fp32"), dict(GRAD_WEIGHT=True)),
+                (value_grad, dict(g_ptr="*fp32", w_ptr="*fp32", out_ptr="*bf16", tab_h_ptr="*i32",
+                                  tab_w_ptr="*i32"), {})]
+    for kernel, pointers, flags in launches:
+        constants = dict(K=7, ACC=tl.float32, BLOCK_C=16, BLOCK_P=64, **flags)
+        signature = {name: pointers.get(name, "constexpr" if name in constants else "i32")
+                     for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
+        assert ".entry" in compiled.asm["ptx"]
+
+
 @CUDA
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES + SLOW_CASES)

@@ -73,14 +73,10 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
                    K: tl.constexpr, GRAD_WEIGHT: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Forward (``a`` = weight, rows = value channels) or weight gradient (``a`` = grad_out, rows = weight channels)."""
-    pid_p = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    rows_total = CW if GRAD_WEIGHT else C
-    n_row_blocks = (rows_total + BLOCK_C - 1) // BLOCK_C
-    b = (pid_bc // n_row_blocks).to(tl.int64)
-    rows = (pid_bc % n_row_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    pix = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    row_ok = rows < rows_total
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # grid: (pixel tiles, row blocks, batch)
+    rows = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    b = tl.program_id(2).to(tl.int64)
+    row_ok = rows < (CW if GRAD_WEIGHT else C)
     pix_ok = pix < NPIX
     mask = row_ok[:, None] & pix_ok[None, :]
     oh = pix // WO
@@ -120,12 +116,9 @@ def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, tab_w_ptr, C, CW, W, NP
                        sgb, sgc, sgh, sgw, swb, swc, swj, swh, sww, sob, soc, soh, sow,
                        K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``d_v[b, c, y, x]``: sum over the (output, window position) pairs that read ``(y, x)``."""
-    pid_p = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    n_row_blocks = (C + BLOCK_C - 1) // BLOCK_C
-    b = (pid_bc // n_row_blocks).to(tl.int64)
-    ch = (pid_bc % n_row_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    pix = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    b = tl.program_id(2).to(tl.int64)
     ch_ok = ch < C
     pix_ok = pix < NPIX
     y = pix // W
@@ -193,7 +186,7 @@ def _window_call(v: Tensor, a: Tensor, out: Tensor, kernel_size: int, stride: in
     o5 = out if grad_weight else out.unsqueeze(2)
     interpret, guard, acc = _launch_setup(v)
     block_c, block_p = _blocks(cw if grad_weight else c, ho * wo)
-    grid = (triton.cdiv(ho * wo, block_p), b * triton.cdiv(cw if grad_weight else c, block_c))
+    grid = (triton.cdiv(ho * wo, block_p), triton.cdiv(cw if grad_weight else c, block_c), b)
     with guard:
         _kernels(interpret)[0][grid](
             v, a5, o5, c, cw, h, w, wo, ho * wo, dilation * (kernel_size - 1) // 2,
@@ -228,7 +221,7 @@ def _backward(grad: Tensor, v: Tensor, weight: Tensor, kernel_size: int, stride:
     tab_w, mw = _preimages(w, wo, kernel_size, stride, dilation, v.device)
     interpret, guard, acc = _launch_setup(v)
     block_c, block_p = _blocks(c, h * w)
-    grid = (triton.cdiv(h * w, block_p), b * triton.cdiv(c, block_c))
+    grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
     with guard:
         _kernels(interpret)[1][grid](
             grad, weight, d_v, tab_h, tab_w, c, cw, w, h * w, mh, mw, *grad.stride(), *weight.stride(),
