@@ -13,7 +13,9 @@ Three kernels, none with atomics, so every result is deterministic:
   pixel of the tile from integers (``q mod 2(n-1)``, mirrored; a one-pixel axis
   repeats its pixel), gathers ``v`` through its strides and accumulates
   ``weight * v`` in float32 (float64 for float64 inputs).  No padded copy of
-  ``v``, no unfold.
+  ``v``, no unfold.  A block's channels are ordered so that the ``C / Cw``
+  channels sharing a weight map sit together: every weight map (the largest
+  input, ``k*k / share`` times ``v``) is read from memory by one program.
 * **weight gradient** (the same kernel, ``GRAD_WEIGHT=True``): one program per
   (batch, weight-channel block, output tile); for each window position it sums
   ``grad_out[b, c, i] * v[b, c, window_j(i)]`` over the ``share = C / Cw``
@@ -77,6 +79,10 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
     rows = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2).to(tl.int64)
     row_ok = rows < (CW if GRAD_WEIGHT else C)
+    # forward rows are value channels ordered so that the C / CW channels sharing a weight map are adjacent:
+    # each weight map is then read from memory by one program only
+    w_row = rows if GRAD_WEIGHT else rows // (C // CW)
+    v_row = rows if GRAD_WEIGHT else (rows % (C // CW)) * CW + w_row
     pix_ok = pix < NPIX
     mask = row_ok[:, None] & pix_ok[None, :]
     oh = pix // WO
@@ -84,7 +90,7 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
     a_pix = oh * sah + ow * saw
     v_base = v_ptr + b * svb
     a_base = a_ptr + b * sab
-    o_base = out_ptr + b * sob + (rows[:, None] * soc + (oh * soh + ow * sow)[None, :])
+    o_base = out_ptr + b * sob + (v_row[:, None] * soc + (oh * soh + ow * sow)[None, :])
     acc = tl.full((BLOCK_C, BLOCK_P), 0.0, ACC)
     for kh in range(K):
         ih = (oh * STRIDE - PAD + kh * DIL) % PERIOD_H  # reflect: mirror with period 2 (H - 1)
@@ -105,8 +111,8 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
                     part += g.to(ACC) * val.to(ACC)
                 tl.store(o_base + j * soj, part.to(out_ptr.dtype.element_ty), mask=mask)
             else:
-                wt = tl.load(a_base + ((rows % CW) * sac)[:, None] + j * saj + a_pix[None, :], mask=mask, other=0.0)
-                val = tl.load(v_base + (rows * svc)[:, None] + v_pix, mask=mask, other=0.0)
+                wt = tl.load(a_base + (w_row * sac)[:, None] + j * saj + a_pix[None, :], mask=mask, other=0.0)
+                val = tl.load(v_base + (v_row * svc)[:, None] + v_pix, mask=mask, other=0.0)
                 acc += wt.to(ACC) * val.to(ACC)
     if not GRAD_WEIGHT:
         tl.store(o_base, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -117,14 +123,16 @@ def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, tab_w_ptr, C, CW, W, NP
                        K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``d_v[b, c, y, x]``: sum over the (output, window position) pairs that read ``(y, x)``."""
     pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2).to(tl.int64)
-    ch_ok = ch < C
+    ch_ok = rows < C
+    w_row = rows // (C // CW)  # the share copies of a weight map adjacent, as in the forward
+    ch = (rows % (C // CW)) * CW + w_row
     pix_ok = pix < NPIX
     y = pix // W
     x = pix % W
     g_base = g_ptr + b * sgb + (ch * sgc)[:, None]
-    w_base = w_ptr + b * swb + ((ch % CW) * swc)[:, None]
+    w_base = w_ptr + b * swb + (w_row * swc)[:, None]
     acc = tl.full((BLOCK_C, BLOCK_P), 0.0, ACC)
     for a in range(MH):
         eh = tl.load(tab_h_ptr + y * MH + a, mask=pix_ok, other=-1)  # packed oh * K + kh, -1 = none
