@@ -26,6 +26,8 @@ CASES = [
     (1, 2, 2, 2, 3, 7, 2, 1),  # map smaller than the padding: iterated reflection, stride 2
 ]
 IDS = [f"b{b}c{c}w{cw}_{h}x{w}_k{k}s{s}d{d}" for b, c, cw, h, w, k, s, d in CASES]
+# float32 at 1e-5; bf16/fp16 outputs and gradients sum k*k products rounded once, so the bound grows with k
+TOLERANCES = [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 4e-3)]
 SLOW_CASES = [
     (1, 2, 1, 4, 5, 7, 1, 1),
     (2, 16, 2, 9, 11, 7, 1, 1),
@@ -46,23 +48,44 @@ def _inputs(case, dtype=torch.float64, device="cpu", seed=0):
 
 
 def _check_against_reference(case, device="cpu", dtype=torch.float64, tol=1e-12):
+    if dtype in (torch.bfloat16, torch.float16):
+        tol *= case[5]
     v, wt, kw = _inputs(case, dtype, device)
     out = patchwise_aggregation_triton(v, wt, **kw)
-    v64, wt64 = (t.detach().double().requires_grad_() for t in (v, wt))
+    v64, wt64 = (t.detach().cpu().double().requires_grad_() for t in (v, wt))
     ref = patchwise_aggregation_reference(v64, wt64, **kw)
     assert out.dtype == dtype and out.shape == ref.shape
-    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
-    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = torch.autograd.grad(out, (v, wt), g.to(device=device, dtype=dtype))
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=tol, atol=tol)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
+    grads = torch.autograd.grad(out, (v, wt), g)
+    g = g.cpu().double()  # the reference gets the same (rounded) incoming gradient
     grads_ref = torch.autograd.grad(ref, (v64, wt64), g)
     for a, b in zip(grads, grads_ref):
         assert a.dtype == dtype
-        torch.testing.assert_close(a.double().cpu(), b, rtol=tol, atol=tol)
+        torch.testing.assert_close(a.cpu().double(), b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_interpreter_matches_reference(case):
     _check_against_reference(case)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), TOLERANCES, ids=str)
+def test_interpreter_low_precision(dtype, tol):
+    _check_against_reference((1, 4, 2, 5, 4, 3, 2, 1), "cpu", dtype, tol)
+
+
+def test_mixed_dtypes_promote():
+    """bf16 values with float32 weights (autocast's mix): float32 output, each gradient in its input's dtype."""
+    v, wt, kw = _inputs((1, 4, 2, 4, 5, 3, 1, 1))
+    v16 = v.detach().bfloat16().requires_grad_()
+    wt32 = wt.detach().float().requires_grad_()
+    out = patchwise_aggregation_triton(v16, wt32, **kw)
+    assert out.dtype == torch.float32
+    ref = patchwise_aggregation_reference(v16.double(), wt32.double(), **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    d_v, d_wt = torch.autograd.grad(out.sum(), (v16, wt32))
+    assert d_v.dtype == torch.bfloat16 and d_wt.dtype == torch.float32
 
 
 @pytest.mark.slow
@@ -134,6 +157,15 @@ def test_fake_tensor_shapes_and_dtype():
     assert d_v.shape == v.shape and d_v.dtype == v.dtype and d_wt.shape == wt.shape and d_wt.dtype == wt.dtype
 
 
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=[CUDA, pytest.mark.cuda])])
+def test_custom_op_registration(device):
+    """Schema, fake tensor, autograd registration and AOT dispatch of the custom op (``torch.library.opcheck``)."""
+    v, wt, _ = _inputs((1, 4, 2, 3, 4, 3, 1, 1), device=device)
+    result = torch.library.opcheck(triton_patchwise._forward, (v, wt, 3, 1, 1))
+    assert set(result.values()) == {"SUCCESS"}
+
+
 def test_kernels_compile_for_an_nvidia_target():
     """Without a GPU, the compiled (not interpreted) kernels still go through Triton's whole pipeline to PTX."""
     pytest.importorskip("triton.backends.nvidia")
@@ -157,11 +189,9 @@ def test_kernels_compile_for_an_nvidia_target():
 @CUDA
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CASES + SLOW_CASES)
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5),
-                                            (torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), *TOLERANCES], ids=str)
 def test_cuda_matches_reference(case, dtype, tol):
-    low = dtype in (torch.bfloat16, torch.float16)  # outputs and gradients sum k*k terms, rounded once
-    _check_against_reference(case, "cuda", dtype, tol * case[5] if low else tol)
+    _check_against_reference(case, "cuda", dtype, tol)
 
 
 @CUDA
