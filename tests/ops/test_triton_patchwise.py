@@ -176,8 +176,8 @@ def test_kernels_compile_for_an_nvidia_target():
     window, value_grad = triton_patchwise._kernels(interpret=False)
     launches = [(window, dict(v_ptr="*bf16", a_ptr="*fp32", out_ptr="*fp32"), dict(GRAD_WEIGHT=False)),
                 (window, dict(v_ptr="*fp16", a_ptr="*fp16", out_ptr="*fp32"), dict(GRAD_WEIGHT=True)),
-                (value_grad, dict(g_ptr="*fp32", w_ptr="*fp32", out_ptr="*bf16", tab_h_ptr="*i32",
-                                  tab_w_ptr="*i32"), {})]
+                (value_grad, dict(g_ptr="*fp32", w_ptr="*fp32", out_ptr="*bf16", tab_h_ptr="*i32", n_h_ptr="*i32",
+                                  tab_w_ptr="*i32", n_w_ptr="*i32"), {})]
     for kernel, pointers, flags in launches:
         constants = dict(K=7, ACC=tl.float32, BLOCK_C=16, BLOCK_P=64, **flags)
         signature = {name: pointers.get(name, "constexpr" if name in constants else "i32")

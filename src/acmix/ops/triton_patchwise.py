@@ -27,9 +27,10 @@ Three kernels, none with atomics, so every result is deterministic:
   read lands on each source index -- the reflected preimages, padded with -1
   to the longest list (about ``k`` per row at stride 1, up to ``k + pad`` next
   to a border, more on maps smaller than the padding).  One program per
-  (batch, channel block, tile of source pixels) walks the row list times the
-  column list and sums ``weight[b, c % Cw, j, i] * grad_out[b, c, i]`` over the
-  valid pairs, in a fixed order; nothing is scattered, so nothing is folded.
+  (batch, channel block, source row, tile of columns) walks the row's list
+  (its exact length) times the column lists (the longest in the tile) and sums
+  ``weight[b, c % Cw, j, i] * grad_out[b, c, i]`` over the valid pairs, in a
+  fixed order; nothing is scattered, so nothing is folded.
 
 All inputs are read in place through their strides (any layout, expanded
 gradients too); outputs are contiguous.  :func:`patchwise_aggregation_triton`
@@ -118,36 +119,35 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
         tl.store(o_base, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, tab_w_ptr, C, CW, W, NPIX, MH, MW,
+def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, n_h_ptr, tab_w_ptr, n_w_ptr, C, CW, W, X_TILES, MH, MW,
                        sgb, sgc, sgh, sgw, swb, swc, swj, swh, sww, sob, soc, soh, sow,
                        K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """``d_v[b, c, y, x]``: sum over the (output, window position) pairs that read ``(y, x)``."""
-    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    """``d_v[b, c, y, x]`` for one source row ``y`` and a tile of columns: the pairs that read each pixel."""
+    y = tl.program_id(0) // X_TILES  # grid: (source rows x column tiles, channel blocks, batch)
+    x_tile = tl.program_id(0) % X_TILES
+    x = x_tile * BLOCK_P + tl.arange(0, BLOCK_P)
     rows = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2).to(tl.int64)
     ch_ok = rows < C
+    x_ok = x < W
     w_row = rows // (C // CW)  # the share copies of a weight map adjacent, as in the forward
     ch = (rows % (C // CW)) * CW + w_row
-    pix_ok = pix < NPIX
-    y = pix // W
-    x = pix % W
     g_base = g_ptr + b * sgb + (ch * sgc)[:, None]
     w_base = w_ptr + b * swb + (w_row * swc)[:, None]
     acc = tl.full((BLOCK_C, BLOCK_P), 0.0, ACC)
-    for a in range(MH):
-        eh = tl.load(tab_h_ptr + y * MH + a, mask=pix_ok, other=-1)  # packed oh * K + kh, -1 = none
-        for c2 in range(MW):
-            ew = tl.load(tab_w_ptr + x * MW + c2, mask=pix_ok, other=-1)
-            ok = (eh >= 0) & (ew >= 0)
-            oh = eh // K
+    for a in range(tl.load(n_h_ptr + y)):  # this row's preimages: exact count
+        eh = tl.load(tab_h_ptr + y * MH + a)  # packed oh * K + kh
+        oh = eh // K
+        kh = eh % K
+        for e in range(tl.load(n_w_ptr + x_tile)):  # the longest list in this column tile; -1 pads the others
+            ew = tl.load(tab_w_ptr + x * MW + e, mask=x_ok, other=-1)
             ow = ew // K
-            j = (eh % K) * K + ew % K
-            m = ch_ok[:, None] & ok[None, :]
+            m = ch_ok[:, None] & (ew >= 0)[None, :]
             g = tl.load(g_base + (oh * sgh + ow * sgw)[None, :], mask=m, other=0.0)
-            wt = tl.load(w_base + (j * swj + oh * swh + ow * sww)[None, :], mask=m, other=0.0)
+            wt = tl.load(w_base + ((kh * K + ew % K) * swj + oh * swh + ow * sww)[None, :], mask=m, other=0.0)
             acc += g.to(ACC) * wt.to(ACC)
     out = out_ptr + b * sob + (ch * soc)[:, None] + (y * soh + x * sow)[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ch_ok[:, None] & pix_ok[None, :])
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=ch_ok[:, None] & x_ok[None, :])
 
 
 @functools.cache
@@ -158,9 +158,10 @@ def _kernels(interpret: bool) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def _preimages(size: int, out_size: int, kernel_size: int, stride: int, dilation: int,
-               device: torch.device) -> tuple[Tensor, int]:
-    """``(size, M)`` int32 table: for each source index, the packed ``o * k + kk`` pairs reading it (-1 pads)."""
+def _preimages(size: int, out_size: int, kernel_size: int, stride: int, dilation: int, block: int,
+               device: torch.device) -> tuple[Tensor, Tensor, int]:
+    """For one axis: the ``(size, M)`` int32 table of packed ``o * k + kk`` pairs whose reflected read lands on
+    each source index (-1 pads), and the longest list in each block of ``block`` consecutive indices."""
     pad = dilation * (kernel_size - 1) // 2
     o = torch.arange(out_size).repeat_interleave(kernel_size)
     kk = torch.arange(kernel_size).repeat(out_size)
@@ -171,7 +172,9 @@ def _preimages(size: int, out_size: int, kernel_size: int, stride: int, dilation
     rank = torch.arange(src.numel()) - (torch.cumsum(counts, 0) - counts)[src[order]]
     table = torch.full((size, width), -1, dtype=torch.int32)
     table[src[order], rank] = (o * kernel_size + kk)[order].to(torch.int32)
-    return table.to(device), width
+    tiles = -(-size // block)
+    longest = torch.nn.functional.pad(counts, (0, tiles * block - size)).view(tiles, block).amax(1)
+    return table.to(device), longest.to(device=device, dtype=torch.int32), width
 
 
 def _launch_setup(v: Tensor) -> tuple[bool, contextlib.AbstractContextManager, torch.dtype]:
@@ -179,10 +182,6 @@ def _launch_setup(v: Tensor) -> tuple[bool, contextlib.AbstractContextManager, t
     guard = torch.cuda.device(v.device) if not interpret else contextlib.nullcontext()
     acc = tl.float64 if v.dtype == torch.float64 else tl.float32
     return interpret, guard, acc
-
-
-def _blocks(rows: int, pixels: int) -> tuple[int, int]:
-    return min(16, triton.next_power_of_2(rows)), min(64, triton.next_power_of_2(pixels))
 
 
 def _window_call(v: Tensor, a: Tensor, out: Tensor, kernel_size: int, stride: int, dilation: int,
@@ -193,8 +192,9 @@ def _window_call(v: Tensor, a: Tensor, out: Tensor, kernel_size: int, stride: in
     a5 = a.unsqueeze(2) if grad_weight else a  # grad_out as (B, C, 1, Ho, Wo): same stride order as weight
     o5 = out if grad_weight else out.unsqueeze(2)
     interpret, guard, acc = _launch_setup(v)
-    block_c, block_p = _blocks(cw if grad_weight else c, ho * wo)
-    grid = (triton.cdiv(ho * wo, block_p), triton.cdiv(cw if grad_weight else c, block_c), b)
+    rows = cw if grad_weight else c
+    block_c, block_p = min(16, triton.next_power_of_2(rows)), min(64, triton.next_power_of_2(ho * wo))
+    grid = (triton.cdiv(ho * wo, block_p), triton.cdiv(rows, block_c), b)
     with guard:
         _kernels(interpret)[0][grid](
             v, a5, o5, c, cw, h, w, wo, ho * wo, dilation * (kernel_size - 1) // 2,
@@ -225,15 +225,16 @@ def _backward(grad: Tensor, v: Tensor, weight: Tensor, kernel_size: int, stride:
     d_weight = _window_call(v, grad, torch.empty(weight.shape, dtype=weight.dtype, device=v.device),
                             kernel_size, stride, dilation, grad_weight=True)
     d_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    tab_h, mh = _preimages(h, ho, kernel_size, stride, dilation, v.device)
-    tab_w, mw = _preimages(w, wo, kernel_size, stride, dilation, v.device)
+    block_p = min(64, triton.next_power_of_2(w))  # one source row per program
+    block_c = min(triton.next_power_of_2(c), max(16, 1024 // block_p))
+    tab_h, n_h, mh = _preimages(h, ho, kernel_size, stride, dilation, 1, v.device)
+    tab_w, n_w, mw = _preimages(w, wo, kernel_size, stride, dilation, block_p, v.device)
     interpret, guard, acc = _launch_setup(v)
-    block_c, block_p = _blocks(c, h * w)
-    grid = (triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b)
+    grid = (h * n_w.numel(), triton.cdiv(c, block_c), b)
     with guard:
         _kernels(interpret)[1][grid](
-            grad, weight, d_v, tab_h, tab_w, c, cw, w, h * w, mh, mw, *grad.stride(), *weight.stride(),
-            *d_v.stride(), K=kernel_size, ACC=acc, BLOCK_C=block_c, BLOCK_P=block_p)
+            grad, weight, d_v, tab_h, n_h, tab_w, n_w, c, cw, w, n_w.numel(), mh, mw, *grad.stride(),
+            *weight.stride(), *d_v.stride(), K=kernel_size, ACC=acc, BLOCK_C=block_c, BLOCK_P=block_p)
     return d_v, d_weight
 
 
