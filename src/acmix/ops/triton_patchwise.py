@@ -5,7 +5,7 @@ Semantics are exactly those of :func:`acmix.ops.patchwise.patchwise_aggregation_
 with reflect padding (iterated on tiny maps), stride and dilation.  Why each
 kernel is exact and how the dispatcher picks it: ``docs/fast-paths.md``.
 
-Three kernels, none with atomics, so every result is deterministic:
+Three launches of two kernels, none with atomics, so every result is deterministic:
 
 * **forward** (``_window_kernel``, ``GRAD_WEIGHT=False``): one program per
   (batch, channel block, tile of output pixels).  For each of the ``k*k``
@@ -38,6 +38,9 @@ is a ``torch.library`` custom op with a fake (meta) implementation and an
 autograd formula.  CUDA tensors run compiled kernels; CPU tensors run the same
 kernels under Triton's interpreter (slow, for tests), built here explicitly,
 so the ``TRITON_INTERPRET`` environment variable need not be set at import.
+Such interpreted kernels cannot call Triton's own ``@jit`` library functions
+(``tl.zeros``, ``tl.cdiv``, ``tl.sum``, ...), which were built compiled: the
+kernels use builtins only (``tl.full``, integer arithmetic).
 """
 
 from __future__ import annotations
@@ -177,10 +180,10 @@ def _preimages(size: int, out_size: int, kernel_size: int, stride: int, dilation
     return table.to(device), longest.to(device=device, dtype=torch.int32), width
 
 
-def _launch_setup(v: Tensor) -> tuple[bool, contextlib.AbstractContextManager, torch.dtype]:
+def _launch_setup(v: Tensor, other: Tensor) -> tuple[bool, contextlib.AbstractContextManager, torch.dtype]:
     interpret = v.device.type != "cuda"
     guard = torch.cuda.device(v.device) if not interpret else contextlib.nullcontext()
-    acc = tl.float64 if v.dtype == torch.float64 else tl.float32
+    acc = tl.float64 if torch.float64 in (v.dtype, other.dtype) else tl.float32
     return interpret, guard, acc
 
 
@@ -191,7 +194,7 @@ def _window_call(v: Tensor, a: Tensor, out: Tensor, kernel_size: int, stride: in
     ho, wo = out.shape[-2:]
     a5 = a.unsqueeze(2) if grad_weight else a  # grad_out as (B, C, 1, Ho, Wo): same stride order as weight
     o5 = out if grad_weight else out.unsqueeze(2)
-    interpret, guard, acc = _launch_setup(v)
+    interpret, guard, acc = _launch_setup(v, a)
     rows = cw if grad_weight else c
     block_c, block_p = min(16, triton.next_power_of_2(rows)), min(64, triton.next_power_of_2(ho * wo))
     grid = (triton.cdiv(ho * wo, block_p), triton.cdiv(rows, block_c), b)
@@ -229,7 +232,7 @@ def _backward(grad: Tensor, v: Tensor, weight: Tensor, kernel_size: int, stride:
     block_c = min(triton.next_power_of_2(c), max(16, 1024 // block_p))
     tab_h, n_h, mh = _preimages(h, ho, kernel_size, stride, dilation, 1, v.device)
     tab_w, n_w, mw = _preimages(w, wo, kernel_size, stride, dilation, block_p, v.device)
-    interpret, guard, acc = _launch_setup(v)
+    interpret, guard, acc = _launch_setup(v, weight)
     grid = (h * n_w.numel(), triton.cdiv(c, block_c), b)
     with guard:
         _kernels(interpret)[1][grid](
