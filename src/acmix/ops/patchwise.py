@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import reflect_pad
+from .common import data_dependent_ok, reflect_pad
 from .config import Backend, as_enum
 
 __all__ = ["patchwise_aggregation", "patchwise_aggregation_reference", "patchwise_output_size",
@@ -101,15 +101,18 @@ def reflect_windows(x: Tensor, kernel_size: int, *, dilation: int = 1, stride: i
 
 
 def _use_triton(v: Tensor, backend: Backend | str) -> bool:
-    """``AUTO``: Triton for CUDA tensors where it imports, outside tracing; ``TRITON``: that, or an error."""
+    """``AUTO``: Triton for CUDA tensors where it imports, outside tracing and unless :func:`acmix.ops.use_backend`
+    set ``eager``/``reference``; ``TRITON``: that, or an error."""
     chosen = as_enum(Backend, backend, "backend")
     if chosen not in (Backend.AUTO, Backend.EAGER, Backend.TRITON):
         raise ValueError(f"backend must be 'auto', 'eager' or 'triton' for the patchwise aggregation, got {backend!r}")
+    if chosen is Backend.AUTO:  # use_backend('eager' / 'reference') reaches this op too
+        from .functional import _default
+
+        chosen = Backend.EAGER if _default() in (Backend.EAGER, Backend.REFERENCE) else chosen
     if chosen is Backend.EAGER:
         return False
-    from .functional import _tracing
-
-    fits = not _tracing() and (v.device.type == "cuda" or chosen is Backend.TRITON)
+    fits = data_dependent_ok() and (v.device.type == "cuda" or chosen is Backend.TRITON)
     if fits:
         from . import triton_patchwise  # imports triton: only for inputs that can use it
 
