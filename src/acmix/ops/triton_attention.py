@@ -1,0 +1,247 @@
+"""ACmix's window attention as fused Triton kernels, forward and backward (CUDA; CPU through the interpreter).
+
+Forward.  One program per (batch x head, 2-D tile of TH x TW output pixels).
+The tile's queries sit at ``(i*s, j*s)`` of the full-resolution query map, so
+stride 2 reads only the strided pixels.  The keys every query of the tile can
+see form one halo of ``s*(TH-1) + dil*(k-1) + 1`` rows by as many columns of
+the reflect-padded grid; the program loads that halo of k and v once, through
+source indices it computes itself with the iterated reflection of
+``common.reflect_index`` (a border key sits in the halo as often as the padding
+repeats it, which is exactly the reference's multiplicity).  Nothing padded,
+no mask and no multiplicity tensor exists in memory: the window mask of query
+``(u, v)`` is "row offset from ``u*s`` in ``{0, dil, .., dil*(k-1)}``" and the
+same for columns, evaluated from indices.  The position term is the rewrite
+``logit = scale * q.k_j - r.loc_j`` with ``loc_j`` the location of the key's
+*source* pixel, also computed from indices.  The whole window fits the halo
+block, so the softmax is one-shot (no online rescaling); the program stores
+the log-sum-exp per query for the backward.
+
+Backward, deterministic and without atomics (the split of Triton's
+fused-attention tutorial).  ``attention_bwd_query`` uses the forward's tiling,
+recomputes ``P = exp(logit - lse)`` and writes dQ (at the strided pixels) and
+dR; ``attention_bwd_key`` runs over tiles of the reflect-padded key grid, finds
+the query rows and columns whose windows reach the tile, recomputes ``P``
+transposed and writes dK, dV per *padded* position; a fixed one-hot matrix
+product then folds the padded grid onto the source pixels (the reflect-pad
+backward, in a fixed order).  ``delta = sum(dO * O)`` is a torch reduction.
+
+Why exact: every logit, mask entry and location is the reference's, evaluated
+in float32 (float64 for float64 inputs) with the softmax in that precision;
+dots run with ``input_precision="ieee"`` (no TF32).  Masked entries are
+selected with ``tl.where`` and operands summed over the halo have their
+non-finite entries zeroed (put back only for the queries whose window holds
+them), so a NaN or Inf pixel changes only the outputs whose windows contain it.
+See ``docs/fast-paths.md`` for the rewrites and how this path is dispatched.
+
+The kernels (``triton_kernels.py``) are decorated when that module runs, and
+Triton fixes compiled-vs-interpreted at that moment; :func:`_kernels` loads one
+copy per mode, so CUDA tensors use compiled kernels and CPU tensors the
+interpreter whenever ``TRITON_INTERPRET=1`` (the default test suite).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "interpreting", "window_attention_triton"]
+
+_KERNELS = Path(__file__).with_name("triton_kernels.py")
+_lock = threading.Lock()
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether CPU tensors run the kernels through Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(x: Tensor) -> bool:
+    """Whether the Triton path can run on ``x``: Triton importable and ``x`` on CUDA, or a CPU tensor
+    while :func:`interpreting`; floating dtypes only."""
+    if x.dtype not in _DTYPES or not _triton_importable():
+        return False
+    if x.device.type == "cuda":
+        return True
+    return x.device.type == "cpu" and interpreting()
+
+
+@functools.cache
+def _kernels(interpret: bool):
+    """``triton_kernels.py`` executed with ``TRITON_INTERPRET`` set to ``interpret`` (a module per mode)."""
+    with _lock:
+        name = f"acmix.ops._triton_kernels_{'interpreted' if interpret else 'compiled'}"
+        spec = importlib.util.spec_from_file_location(name, _KERNELS)
+        module = importlib.util.module_from_spec(spec)
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            if old is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+        sys.modules[name] = module
+        return module
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int):
+    """Pointers' strides, sizes and constexprs shared by the three kernels."""
+    import triton.language as tl
+
+    _, heads, hd, h, w = k.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    rs = r.stride() if r is not None else (0,) * 5
+    strides = (*q.stride(), *rs, *k.stride(), *v.stride())
+    meta = {"KA": kernel, "S": stride, "DIL": dilation, "HAS_R": r is not None,
+            "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32,
+            "BLOCK_D": max(16, 1 << (hd - 1).bit_length())}
+    return strides, (heads, hd, h, w, ho, wo), meta
+
+
+def _query_grid(n: int, ho: int, wo: int):
+    return lambda m: (-(-ho // m["TH"]) * -(-wo // m["TW"]), n)
+
+
+def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
+    """Strides of ``(B, heads*hd, Ho, Wo)`` read as ``(B, heads, hd, Ho, Wo)``, without a copy."""
+    sb, sc, sy, sx = t.stride()
+    return sb, hd * sc, sc, sy, sx
+
+
+@torch.library.custom_op("acmix::window_attention_triton", mutates_args=())
+def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, scale: float, kernel: int, stride: int,
+             dilation: int) -> tuple[Tensor, Tensor]:
+    mod = _kernels(q.device.type != "cuda")
+    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation)
+    heads, hd, _, _, ho, wo = sizes
+    b = q.shape[0]
+    out = q.new_empty(b, heads * hd, ho, wo)
+    lse = torch.empty(b * heads, ho, wo, device=q.device, dtype=_acc(q.dtype))
+    scale_t = torch.full((1,), scale, device=q.device, dtype=_acc(q.dtype))
+    ostrides = _split_heads(out, hd)
+    mod.attention_fwd[_query_grid(b * heads, ho, wo)](
+        q, r, k, v, out, lse, scale_t, *strides, *ostrides, *sizes, **meta)
+    return out, lse
+
+
+@_forward.register_fake
+def _(q, r, k, v, scale, kernel, stride, dilation):
+    b, heads, hd, h, w = k.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, ho, wo, dtype=_acc(q.dtype))
+
+
+def _fold_matrix(size: int, pad: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(size + 2 pad, size)`` one-hot: padded position -> its source pixel (the reflect-pad backward)."""
+    from .common import reflect_index
+
+    idx = reflect_index(size, pad, device=device)
+    return torch.nn.functional.one_hot(idx, size).to(dtype)
+
+
+@torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
+def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                 scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    mod = _kernels(q.device.type != "cuda")
+    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation)
+    heads, hd, h, w, ho, wo = sizes
+    b, n = q.shape[0], q.shape[0] * heads
+    acc = _acc(q.dtype)
+    delta = (gout.to(acc) * out.to(acc)).unflatten(1, (heads, hd)).sum(2).reshape(n, ho, wo).contiguous()
+    gs = _split_heads(gout, hd)
+    scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
+    args = (lse, delta, scale_t)
+
+    # dq is zero off the strided query pixels; dr is empty without a position term
+    dq = (torch.zeros if stride > 1 else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
+    dr = torch.empty(r.shape, device=q.device, dtype=r.dtype) if r is not None else q.new_empty(0)
+    drs = dr.stride() if r is not None else (0,) * 5
+    mod.attention_bwd_query[_query_grid(n, ho, wo)](
+        q, r, k, v, gout, *args, dq, dr if r is not None else None, *strides, *gs, *dq.stride(), *drs,
+        *sizes, **meta)
+
+    pad = dilation * (kernel - 1) // 2
+    hp, wp = h + 2 * pad, w + 2 * pad
+    dk = torch.empty(n, hd, hp, wp, device=q.device, dtype=acc)
+    dv = torch.empty_like(dk)
+    mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
+        q, r, k, v, gout, *args, dk, dv, *strides, *gs, *sizes, **meta)
+    fh, fw = _fold_matrix(h, pad, q.device, acc), _fold_matrix(w, pad, q.device, acc)
+    dk, dv = (torch.einsum("ncyx,yi,xj->ncij", t, fh, fw).to(k.dtype).view(b, heads, hd, h, w) for t in (dk, dv))
+    return dq, dr, dk, dv
+
+
+@_backward_op.register_fake
+def _(gout, q, r, k, v, out, lse, scale, kernel, stride, dilation):
+    dr = torch.empty_like(r, memory_format=torch.contiguous_format) if r is not None else q.new_empty(0)
+    return (q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+def _setup(ctx, inputs, output):
+    q, r, k, v, scale, kernel, stride, dilation = inputs
+    ctx.save_for_backward(q, r, k, v, *output)
+    ctx.args = (scale, kernel, stride, dilation)
+
+
+def _backward(ctx, gout, _glse):
+    q, r, k, v, out, lse = ctx.saved_tensors
+    dq, dr, dk, dv = _backward_op(gout, q, r, k, v, out, lse, *ctx.args)
+    return dq, (dr if r is not None else None), dk, dv, None, None, None, None
+
+
+_forward.register_autograd(_backward, setup_context=_setup)
+
+
+def _check(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int) -> None:
+    if k.dim() != 5:
+        raise ValueError(f"k must be 5-D (B, heads, head_dim, H, W), got shape {tuple(k.shape)}")
+    if q.shape != k.shape or v.shape != k.shape:
+        raise ValueError(f"q, k, v must share one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype or q.dtype not in _DTYPES:
+        raise ValueError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, val in (("kernel", kernel), ("stride", stride), ("dilation", dilation)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if kernel % 2 == 0:
+        raise ValueError(f"kernel must be odd, got {kernel}")
+    b, heads, _, h, w = k.shape
+    want = (b, heads, 2, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    if r is not None and tuple(r.shape) != want:
+        raise ValueError(f"r has shape {tuple(r.shape)}, expected {want}")
+
+
+def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
+                            stride: int, dilation: int) -> Tensor:
+    """ACmix window attention on the Triton kernels: ``(B, heads*hd, Ho, Wo)``.
+
+    The contract of :func:`acmix.ops.fast.attention_eager`, except that ``q`` is the
+    *full-resolution* query map ``(B, heads, hd, H, W)`` like ``k`` and ``v``; the
+    kernels read the strided pixels ``(i*stride, j*stride)``.  ``r`` (``(B, heads,
+    2, Ho, Wo)`` or None) is the position term ``W_p^T (scale q)`` at those pixels.
+    q, k, v, r may be any strided views (read in place).  Differentiable in q, r, k, v.
+    """
+    _check(q, r, k, v, kernel, stride, dilation)
+    if not available(k):
+        raise RuntimeError(f"acmix: the Triton attention cannot run on a {k.device.type} {k.dtype} tensor "
+                           "(needs Triton and CUDA, or TRITON_INTERPRET=1 for CPU tensors)")
+    if r is not None:
+        r = r.to(q.dtype)
+    return _forward(q, r, k, v, float(scale), kernel, stride, dilation)[0]
