@@ -21,9 +21,9 @@ fused-attention tutorial).  ``attention_bwd_query`` uses the forward's tiling,
 recomputes ``P = exp(logit - lse)`` and writes dQ (at the strided pixels) and
 dR; ``attention_bwd_key`` runs over tiles of the reflect-padded key grid, finds
 the query rows and columns whose windows reach the tile, recomputes ``P``
-transposed and writes dK, dV per *padded* position; a fixed one-hot matrix
-product then folds the padded grid onto the source pixels (the reflect-pad
-backward, in a fixed order).  ``delta = sum(dO * O)`` is a torch reduction.
+transposed and writes dK, dV per *padded* position; gathers and sums in a fixed
+order then fold the padded grid onto the source pixels (the reflect-pad
+backward).  ``delta = sum(dO * O)`` is a torch reduction.
 
 Why exact: every logit, mask entry and location is the reference's, evaluated
 in float32 (float64 for float64 inputs) with the softmax in that precision;
@@ -149,12 +149,28 @@ def _(q, r, k, v, scale, kernel, stride, dilation):
     return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, ho, wo, dtype=_acc(q.dtype))
 
 
-def _fold_matrix(size: int, pad: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``(size + 2 pad, size)`` one-hot: padded position -> its source pixel (the reflect-pad backward)."""
+@functools.lru_cache(maxsize=256)
+def _fold_index(size: int, pad: int, device: torch.device) -> Tensor:
+    """``(size, m)``: the padded positions that reflect onto each source pixel, ``size + 2 pad`` (a zero slot
+    the caller appends) filling the rows of pixels with fewer than ``m`` copies."""
     from .common import reflect_index
 
-    idx = reflect_index(size, pad, device=device)
-    return torch.nn.functional.one_hot(idx, size).to(dtype)
+    src = reflect_index(size, pad).tolist()
+    copies = [[p for p, s in enumerate(src) if s == i] for i in range(size)]
+    m = max(len(c) for c in copies)
+    return torch.tensor([c + [len(src)] * (m - len(c)) for c in copies], device=device)
+
+
+def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
+    """The reflect-pad backward of ``(n, c, H + 2 pad, W + 2 pad)``, as gathers and sums in a fixed order.
+
+    A one-hot matrix product would be shorter, but ``0 * nan`` would spread a non-finite gradient everywhere.
+    """
+    n, c = t.shape[:2]
+    rows, cols = _fold_index(h, pad, t.device), _fold_index(w, pad, t.device)
+    t = torch.nn.functional.pad(t, (0, 1, 0, 1))
+    t = t.index_select(2, rows.flatten()).view(n, c, h, rows.shape[1], -1).sum(3)
+    return t.index_select(3, cols.flatten()).view(n, c, h, w, cols.shape[1]).sum(4)
 
 
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
@@ -184,8 +200,7 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     dv = torch.empty_like(dk)
     mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
         q, r, k, v, gout, *args, dk, dv, *strides, *gs, *sizes, **meta)
-    fh, fw = _fold_matrix(h, pad, q.device, acc), _fold_matrix(w, pad, q.device, acc)
-    dk, dv = (torch.einsum("ncyx,yi,xj->ncij", t, fh, fw).to(k.dtype).view(b, heads, hd, h, w) for t in (dk, dv))
+    dk, dv = (_fold(t, h, w, pad).to(k.dtype).view(b, heads, hd, h, w) for t in (dk, dv))
     return dq, dr, dk, dv
 
 

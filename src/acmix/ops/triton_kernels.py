@@ -94,9 +94,37 @@ def _in_window(rel, S: tl.constexpr, DIL: tl.constexpr, KA: tl.constexpr):
     return (rel >= 0) & (rel <= DIL * (KA - 1)) & (rel % DIL == 0)
 
 
+# Reductions through ``tl.reduce`` with Triton's own combine functions: what ``tl.sum``/``tl.max`` do, but
+# ``tl.sum`` and ``tl.max`` are themselves jit functions, decorated (compiled or interpreted) once when
+# ``triton.language`` is first imported, so they would pin the mode; ``tl.reduce`` is a builtin.
+@triton.jit
+def _sum(x, axis):
+    return tl.reduce(x, axis, tl.standard._sum_combine)
+
+
+@triton.jit
+def _max(x, axis):
+    return tl.reduce(x, axis, tl.standard._elementwise_max)
+
+
 @triton.jit
 def _finite(x):
     return tl.abs(x) < float("inf")
+
+
+@triton.jit
+def _with_nonfinite(acc, mask, x):
+    """``acc = sum_j w_ij x_j`` taken over finite ``x`` only, corrected to what the full sum is in IEEE
+    arithmetic where row ``i``'s window (``mask``, weights > 0) holds a NaN or an infinity of ``x``.
+
+    Counting with 0/1 matrices keeps ``0 * inf`` (keys of the halo outside the window) out of it.
+    """
+    m = mask.to(tl.float32)
+    n_nan = tl.dot(m, (x != x).to(tl.float32), input_precision="ieee")
+    n_pos = tl.dot(m, (x == float("inf")).to(tl.float32), input_precision="ieee")
+    n_neg = tl.dot(m, (x == float("-inf")).to(tl.float32), input_precision="ieee")
+    acc = tl.where(n_pos > 0, float("inf"), tl.where(n_neg > 0, float("-inf"), acc))
+    return tl.where((n_nan > 0) | ((n_pos > 0) & (n_neg > 0)), float("nan"), acc)
 
 
 @triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
@@ -116,7 +144,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
     pid_n = tl.program_id(1)
     b = pid_n // HEADS
     hh = pid_n % HEADS
-    tiles_w = tl.cdiv(WO, TW)
+    tiles_w = (WO + TW - 1) // TW
     ty = pid_t // tiles_w
     tx = pid_t % tiles_w
     pad = DIL * (KA - 1) // 2
@@ -158,16 +186,14 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
         ly = _location(sy, H, ACC)
         logits -= r0[:, None] * lx[None, :] + r1[:, None] * ly[None, :]
     logits = tl.where(mask, logits, float("-inf"))
-    m = tl.max(logits, 1)
+    m = _max(logits, 1)
     p = tl.where(mask, tl.exp(logits - m[:, None]), 0.0)
-    denom = tl.sum(p, 1)
+    denom = _sum(p, 1)
 
     fin = _finite(v)
     acc = tl.dot(p.to(v.dtype), tl.where(fin, v, 0.0), input_precision="ieee").to(ACC)
-    if tl.sum(tl.where(fin, 0, 1)) > 0:  # a non-finite value only reaches the queries whose window holds it
-        hits = tl.dot(mask.to(v.dtype), tl.where(fin, 0.0, 1.0).to(v.dtype), input_precision="ieee")
-        bad = tl.dot(p.to(v.dtype), tl.where(fin, 0.0, v), input_precision="ieee").to(ACC)
-        acc = tl.where(hits > 0, acc + bad, acc)
+    if _sum(tl.where(fin, 0, 1), None) > 0:  # a non-finite value only reaches the queries whose window holds it
+        acc = _with_nonfinite(acc, mask, v)
     out = acc / denom[:, None]
     tl.store(o_ptr + b * sob + hh * soh + d[None, :] * sod + oy[:, None] * soy + ox[:, None] * sox,
              out.to(o_ptr.dtype.element_ty), mask=qmask)
@@ -192,7 +218,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
     pid_n = tl.program_id(1)
     b = pid_n // HEADS
     hh = pid_n % HEADS
-    tiles_w = tl.cdiv(WO, TW)
+    tiles_w = (WO + TW - 1) // TW
     ty = pid_t // tiles_w
     tx = pid_t % tiles_w
     pad = DIL * (KA - 1) // 2
@@ -246,8 +272,8 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
              dq.to(dq_ptr.dtype.element_ty), mask=qmask)
     if HAS_R:
         dbase = dr_ptr + b * s2b + hh * s2h + oy * s2y + ox * s2x
-        tl.store(dbase, (-tl.sum(ds * lx[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
-        tl.store(dbase + s2c, (-tl.sum(ds * ly[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
+        tl.store(dbase, (-_sum(ds * lx[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
+        tl.store(dbase + s2c, (-_sum(ds * ly[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
 
 
 @triton.autotune(configs=_configs(KEY_TILES, (16, 16)), key=AUTOTUNE_KEY,
@@ -273,7 +299,7 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     pad = DIL * (KA - 1) // 2
     hp = H + 2 * pad
     wp = W + 2 * pad
-    tiles_w = tl.cdiv(wp, TW)
+    tiles_w = (wp + TW - 1) // TW
     py0 = (pid_t // tiles_w) * TH
     px0 = (pid_t % tiles_w) * TW
     ext = DIL * (KA - 1)
@@ -321,9 +347,8 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
 
     gfin = _finite(go)
     dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0), input_precision="ieee").to(ACC)
-    if tl.sum(tl.where(gfin, 0, 1)) > 0:  # a non-finite output gradient reaches only its window's values
-        hits = tl.dot(mask.to(go.dtype), tl.where(gfin, 0.0, 1.0).to(go.dtype), input_precision="ieee")
-        dv = tl.where(hits > 0, dv + float("nan"), dv)
+    if _sum(tl.where(gfin, 0, 1), None) > 0:  # a non-finite output gradient reaches only its window's values
+        dv = _with_nonfinite(dv, mask, go)
     dp = tl.dot(v.to(go.dtype), tl.trans(go), input_precision="ieee").to(ACC)
     ds = tl.where(mask, p * (dp - delta[None, :]), 0.0)
     dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0), input_precision="ieee").to(ACC) * scale
