@@ -36,7 +36,8 @@ See ``docs/fast-paths.md`` for the rewrites and how this path is dispatched.
 The kernels (``triton_kernels.py``) are decorated when that module runs, and
 Triton fixes compiled-vs-interpreted at that moment; :func:`_kernels` loads one
 copy per mode, so CUDA tensors use compiled kernels and CPU tensors the
-interpreter whenever ``TRITON_INTERPRET=1`` (the default test suite).
+interpreter whenever ``TRITON_INTERPRET=1`` (the default test suite); with it
+set, CUDA tensors are interpreted too, as Triton itself would.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
 @torch.library.custom_op("acmix::window_attention_triton", mutates_args=())
 def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, scale: float, kernel: int, stride: int,
              dilation: int) -> tuple[Tensor, Tensor]:
-    mod = _kernels(q.device.type != "cuda")
+    mod = _kernels(q.device.type != "cuda" or interpreting())
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation)
     heads, hd, _, _, ho, wo = sizes
     b = q.shape[0]
@@ -176,7 +177,7 @@ def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
 def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                  scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    mod = _kernels(q.device.type != "cuda")
+    mod = _kernels(q.device.type != "cuda" or interpreting())
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation)
     heads, hd, h, w, ho, wo = sizes
     b, n = q.shape[0], q.shape[0] * heads

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
-MAX_BLOCK = 1024  # largest key (or query) block of one program that the pruning keeps
+MAX_LOGITS = 32768  # most (query, key) logits one program holds; larger tiles are pruned (registers)
 
 
 def _pow2(n: int) -> int:
@@ -54,7 +54,7 @@ def _prune(heuristics):
         kept = []
         for cfg in configs:
             blocks = heuristics({**named_args, **kwargs, **cfg.kwargs})
-            if blocks["BLOCK_K"] * blocks["BLOCK_Q"] <= MAX_BLOCK * 64:
+            if blocks["BLOCK_K"] * blocks["BLOCK_Q"] <= MAX_LOGITS:
                 kept.append(cfg)
         return kept or configs[-1:]  # the last config is the smallest tile
 
@@ -141,7 +141,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
                   HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE."""
     pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
     b = pid_n // HEADS
     hh = pid_n % HEADS
     tiles_w = (WO + TW - 1) // TW
@@ -191,7 +191,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
     denom = _sum(p, 1)
 
     fin = _finite(v)
-    acc = tl.dot(p.to(v.dtype), tl.where(fin, v, 0.0), input_precision="ieee").to(ACC)
+    acc = tl.dot(p.to(v.dtype), tl.where(fin, v, 0.0).to(v.dtype), input_precision="ieee").to(ACC)
     if _sum(tl.where(fin, 0, 1), None) > 0:  # a non-finite value only reaches the queries whose window holds it
         acc = _with_nonfinite(acc, mask, v)
     out = acc / denom[:, None]
@@ -215,7 +215,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                         HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dQ (at the strided query pixels; strides ``s1*``) and dR (strides ``s2*``) of one query tile."""
     pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
     b = pid_n // HEADS
     hh = pid_n % HEADS
     tiles_w = (WO + TW - 1) // TW
@@ -266,7 +266,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
     p = tl.where(mask, tl.exp(logits - lse[:, None]), 0.0)
     dp = tl.dot(go, tl.trans(v.to(go.dtype)), input_precision="ieee").to(ACC)
     ds = tl.where(mask, p * (dp - delta[:, None]), 0.0)
-    kc = tl.where(_finite(k), k, 0.0)  # the halo's other keys meet ds == 0: keep 0 * inf out of the sum
+    kc = tl.where(_finite(k), k, 0.0).to(k.dtype)  # the halo's other keys meet ds == 0: keep 0 * inf out of the sum
     dq = tl.dot(ds.to(k.dtype), kc, input_precision="ieee").to(ACC) * scale
     tl.store(dq_ptr + b * s1b + hh * s1h + d[None, :] * s1d + (oy * S)[:, None] * s1y + (ox * S)[:, None] * s1x,
              dq.to(dq_ptr.dtype.element_ty), mask=qmask)
@@ -293,7 +293,7 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     ``dk``/``dv`` are ``(B*heads, HD, Hp, Wp)`` contiguous; the caller folds them onto the source pixels.
     """
     pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
     b = pid_n // HEADS
     hh = pid_n % HEADS
     pad = DIL * (KA - 1) // 2
@@ -346,12 +346,12 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     p = tl.where(mask, tl.exp(logits - lse[None, :]), 0.0)
 
     gfin = _finite(go)
-    dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0), input_precision="ieee").to(ACC)
+    dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0).to(go.dtype), input_precision="ieee").to(ACC)
     if _sum(tl.where(gfin, 0, 1), None) > 0:  # a non-finite output gradient reaches only its window's values
         dv = _with_nonfinite(dv, mask, go)
     dp = tl.dot(v.to(go.dtype), tl.trans(go), input_precision="ieee").to(ACC)
     ds = tl.where(mask, p * (dp - delta[None, :]), 0.0)
-    dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0), input_precision="ieee").to(ACC) * scale
+    dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0).to(q.dtype), input_precision="ieee").to(ACC) * scale
 
     out = pid_n * HD * hp * wp + d[None, :] * (hp * wp) + py[:, None] * wp + px[:, None]
     tl.store(dk_ptr + out, dk.to(dk_ptr.dtype.element_ty), mask=kmask)
