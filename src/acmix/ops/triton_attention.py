@@ -27,7 +27,8 @@ backward).  ``delta = sum(dO * O)`` is a torch reduction.
 
 Why exact: every logit, mask entry and location is the reference's, evaluated
 in float32 (float64 for float64 inputs) with the softmax in that precision;
-dots run with ``input_precision="ieee"`` (no TF32).  Masked entries are
+float32 dots on the GPU run as ``tf32x3`` (three TF32 products: float32-level
+error on tensor cores), float64 and interpreted ones as ``ieee``.  Masked entries are
 selected with ``tl.where`` and operands summed over the halo have their
 non-finite entries zeroed (put back only for the queries whose window holds
 them), so a NaN or Inf pixel changes only the outputs whose windows contain it.
@@ -103,7 +104,8 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int):
+def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int,
+                 interpret: bool):
     """Pointers' strides, sizes and constexprs shared by the three kernels."""
     import triton.language as tl
 
@@ -113,6 +115,9 @@ def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int,
     strides = (*q.stride(), *rs, *k.stride(), *v.stride())
     meta = {"KA": kernel, "S": stride, "DIL": dilation, "HAS_R": r is not None,
             "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32,
+            # float32 on the GPU: three TF32 products per dot (float32-level error, tensor cores); the
+            # plain "ieee" float32 dot runs on FMA units and takes minutes to compile at these tile sizes
+            "PREC": "tf32x3" if q.dtype == torch.float32 and not interpret else "ieee",
             "BLOCK_D": max(16, 1 << (hd - 1).bit_length())}
     return strides, (heads, hd, h, w, ho, wo), meta
 
@@ -130,8 +135,9 @@ def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
 @torch.library.custom_op("acmix::window_attention_triton", mutates_args=())
 def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, scale: float, kernel: int, stride: int,
              dilation: int) -> tuple[Tensor, Tensor]:
-    mod = _kernels(q.device.type != "cuda" or interpreting())
-    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation)
+    interpret = q.device.type != "cuda" or interpreting()
+    mod = _kernels(interpret)
+    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
     heads, hd, _, _, ho, wo = sizes
     b = q.shape[0]
     out = q.new_empty(b, heads * hd, ho, wo)
@@ -177,8 +183,9 @@ def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
 def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                  scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    mod = _kernels(q.device.type != "cuda" or interpreting())
-    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation)
+    interpret = q.device.type != "cuda" or interpreting()
+    mod = _kernels(interpret)
+    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
     heads, hd, h, w, ho, wo = sizes
     b, n = q.shape[0], q.shape[0] * heads
     acc = _acc(q.dtype)

@@ -119,10 +119,10 @@ def _with_nonfinite(acc, mask, x):
 
     Counting with 0/1 matrices keeps ``0 * inf`` (keys of the halo outside the window) out of it.
     """
-    m = mask.to(tl.float32)
-    n_nan = tl.dot(m, (x != x).to(tl.float32), input_precision="ieee")
-    n_pos = tl.dot(m, (x == float("inf")).to(tl.float32), input_precision="ieee")
-    n_neg = tl.dot(m, (x == float("-inf")).to(tl.float32), input_precision="ieee")
+    m = mask.to(tl.float16)  # 0/1 in fp16, fp32 accumulation: exact counts on tensor cores
+    n_nan = tl.dot(m, (x != x).to(tl.float16))
+    n_pos = tl.dot(m, (x == float("inf")).to(tl.float16))
+    n_neg = tl.dot(m, (x == float("-inf")).to(tl.float16))
     acc = tl.where(n_pos > 0, float("inf"), tl.where(n_neg > 0, float("-inf"), acc))
     return tl.where((n_nan > 0) | ((n_pos > 0) & (n_neg > 0)), float("nan"), acc)
 
@@ -137,7 +137,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
                   sob, soh, sod, soy, sox,
                   HEADS, HD, H, W, HO, WO,
                   KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
-                  ACC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                   HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE."""
     pid_t = tl.program_id(0)
@@ -177,7 +177,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
                 mask=kmask, other=0.0)
     scale = tl.load(scale_ptr).to(ACC)
 
-    logits = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+    logits = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale
     if HAS_R:
         rbase = r_ptr + b * srb + hh * srh + oy * sry + ox * srx
         r0 = tl.load(rbase, mask=qvalid, other=0.0).to(ACC)
@@ -191,7 +191,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
     denom = _sum(p, 1)
 
     fin = _finite(v)
-    acc = tl.dot(p.to(v.dtype), tl.where(fin, v, 0.0).to(v.dtype), input_precision="ieee").to(ACC)
+    acc = tl.dot(p.to(v.dtype), tl.where(fin, v, 0.0).to(v.dtype), input_precision=PREC).to(ACC)
     if _sum(tl.where(fin, 0, 1), None) > 0:  # a non-finite value only reaches the queries whose window holds it
         acc = _with_nonfinite(acc, mask, v)
     out = acc / denom[:, None]
@@ -211,8 +211,8 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                         sgb, sgh, sgd, sgy, sgx, s1b, s1h, s1d, s1y, s1x, s2b, s2h, s2c, s2y, s2x,
                         HEADS, HD, H, W, HO, WO,
                         KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                        HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+                        ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
+                        TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dQ (at the strided query pixels; strides ``s1*``) and dR (strides ``s2*``) of one query tile."""
     pid_t = tl.program_id(0)
     pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
@@ -255,7 +255,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
     delta = tl.load(delta_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     scale = tl.load(scale_ptr).to(ACC)
 
-    logits = tl.dot(q, tl.trans(k), input_precision="ieee").to(ACC) * scale
+    logits = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale
     lx = _location(sx, W, ACC)
     ly = _location(sy, H, ACC)
     if HAS_R:
@@ -264,10 +264,10 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
         r1 = tl.load(rbase + src, mask=qvalid, other=0.0).to(ACC)
         logits -= r0[:, None] * lx[None, :] + r1[:, None] * ly[None, :]
     p = tl.where(mask, tl.exp(logits - lse[:, None]), 0.0)
-    dp = tl.dot(go, tl.trans(v.to(go.dtype)), input_precision="ieee").to(ACC)
+    dp = tl.dot(go, tl.trans(v.to(go.dtype)), input_precision=PREC).to(ACC)
     ds = tl.where(mask, p * (dp - delta[:, None]), 0.0)
     kc = tl.where(_finite(k), k, 0.0).to(k.dtype)  # the halo's other keys meet ds == 0: keep 0 * inf out of the sum
-    dq = tl.dot(ds.to(k.dtype), kc, input_precision="ieee").to(ACC) * scale
+    dq = tl.dot(ds.to(k.dtype), kc, input_precision=PREC).to(ACC) * scale
     tl.store(dq_ptr + b * s1b + hh * s1h + d[None, :] * s1d + (oy * S)[:, None] * s1y + (ox * S)[:, None] * s1x,
              dq.to(dq_ptr.dtype.element_ty), mask=qmask)
     if HAS_R:
@@ -286,7 +286,7 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
                       sgb, sgh, sgd, sgy, sgx,
                       HEADS, HD, H, W, HO, WO,
                       KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
-                      ACC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                      ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       SPAN_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dK, dV of one TH x TW tile of the reflect-padded key grid, over every query whose window holds it.
 
@@ -337,7 +337,7 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     delta = tl.load(delta_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     scale = tl.load(scale_ptr).to(ACC)
 
-    logits = tl.dot(k, tl.trans(q), input_precision="ieee").to(ACC) * scale  # (keys, queries)
+    logits = tl.dot(k, tl.trans(q), input_precision=PREC).to(ACC) * scale  # (keys, queries)
     if HAS_R:
         rbase = r_ptr + b * srb + hh * srh + oy * sry + ox * srx
         r0 = tl.load(rbase, mask=qvalid, other=0.0).to(ACC)
@@ -346,12 +346,12 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     p = tl.where(mask, tl.exp(logits - lse[None, :]), 0.0)
 
     gfin = _finite(go)
-    dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0).to(go.dtype), input_precision="ieee").to(ACC)
+    dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0).to(go.dtype), input_precision=PREC).to(ACC)
     if _sum(tl.where(gfin, 0, 1), None) > 0:  # a non-finite output gradient reaches only its window's values
         dv = _with_nonfinite(dv, mask, go)
-    dp = tl.dot(v.to(go.dtype), tl.trans(go), input_precision="ieee").to(ACC)
+    dp = tl.dot(v.to(go.dtype), tl.trans(go), input_precision=PREC).to(ACC)
     ds = tl.where(mask, p * (dp - delta[None, :]), 0.0)
-    dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0).to(q.dtype), input_precision="ieee").to(ACC) * scale
+    dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0).to(q.dtype), input_precision=PREC).to(ACC) * scale
 
     out = pid_n * HD * hp * wp + d[None, :] * (hp * wp) + py[:, None] * wp + px[:, None]
     tl.store(dk_ptr + out, dk.to(dk_ptr.dtype.element_ty), mask=kmask)
