@@ -127,19 +127,21 @@ def _with_nonfinite(acc, mask, x):
     return tl.where((n_nan > 0) | ((n_pos > 0) & (n_neg > 0)), float("nan"), acc)
 
 
-@triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
-@triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
-def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
-                  sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
-                  skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
-                  sob, soh, sod, soy, sox,
-                  HEADS, HD, H, W, HO, WO,
-                  KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
-                  ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                  HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE."""
+def _rows(ptr, base, d, sd, y, sy, x, sx, mask):
+    """``(rows, BLOCK_D)`` block: pixel ``(y[i], x[i])``, channel ``d[j]`` (0 where masked)."""
+    return tl.load(ptr + base + d[None, :] * sd + y[:, None] * sy + x[:, None] * sx, mask=mask, other=0.0)
+
+
+@triton.jit
+def _query_tile(q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr,
+                sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+                skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
+                HEADS, HD, H, W, HO, WO,
+                KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """This program's query tile and its halo: indices, window mask, v, locations and the logits."""
     pid_t = tl.program_id(0)
     pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
     b = pid_n // HEADS
@@ -168,23 +170,40 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
             & _in_window(kw[None, :] - w[:, None] * S, S, DIL, KA) & kvalid[None, :])
 
     qmask = qvalid[:, None] & dvalid[None, :]
-    q = tl.load(q_ptr + b * sqb + hh * sqh + d[None, :] * sqd + (oy * S)[:, None] * sqy + (ox * S)[:, None] * sqx,
-                mask=qmask, other=0.0)
     kmask = kvalid[:, None] & dvalid[None, :]
-    k = tl.load(k_ptr + b * skb + hh * skh + d[None, :] * skd + sy[:, None] * sky + sx[:, None] * skx,
-                mask=kmask, other=0.0)
-    v = tl.load(v_ptr + b * svb + hh * svh + d[None, :] * svd + sy[:, None] * svy + sx[:, None] * svx,
-                mask=kmask, other=0.0)
+    q = _rows(q_ptr, b * sqb + hh * sqh, d, sqd, oy * S, sqy, ox * S, sqx, qmask)
+    k = _rows(k_ptr, b * skb + hh * skh, d, skd, sy, sky, sx, skx, kmask)
+    v = _rows(v_ptr, b * svb + hh * svh, d, svd, sy, svy, sx, svx, kmask)
     scale = tl.load(scale_ptr).to(ACC)
 
     logits = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale
+    lx = _location(sx, W, ACC)
+    ly = _location(sy, H, ACC)
     if HAS_R:
         rbase = r_ptr + b * srb + hh * srh + oy * sry + ox * srx
         r0 = tl.load(rbase, mask=qvalid, other=0.0).to(ACC)
         r1 = tl.load(rbase + src, mask=qvalid, other=0.0).to(ACC)
-        lx = _location(sx, W, ACC)
-        ly = _location(sy, H, ACC)
         logits -= r0[:, None] * lx[None, :] + r1[:, None] * ly[None, :]
+    return pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale
+
+
+@triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
+@triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
+@triton.jit
+def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
+                  sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+                  skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
+                  sob, soh, sod, soy, sox,
+                  HEADS, HD, H, W, HO, WO,
+                  KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                  HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE."""
+    pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, _k, v, _lx, _ly, logits, _scale = _query_tile(
+        q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+        skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
+        KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
     logits = tl.where(mask, logits, float("-inf"))
     m = _max(logits, 1)
     p = tl.where(mask, tl.exp(logits - m[:, None]), 0.0)
@@ -214,55 +233,13 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                         ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
                         TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dQ (at the strided query pixels; strides ``s1*``) and dR (strides ``s2*``) of one query tile."""
-    pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
-    b = pid_n // HEADS
-    hh = pid_n % HEADS
-    tiles_w = (WO + TW - 1) // TW
-    ty = pid_t // tiles_w
-    tx = pid_t % tiles_w
-    pad = DIL * (KA - 1) // 2
-
-    qi = tl.arange(0, BLOCK_Q)
-    u = qi // TW
-    w = qi % TW
-    oy = ty * TH + u
-    ox = tx * TW + w
-    qvalid = (u < TH) & (oy < HO) & (ox < WO)
-    d = tl.arange(0, BLOCK_D)
-    dvalid = d < HD
-
-    kk = tl.arange(0, BLOCK_K)
-    kh = kk // HALO_W
-    kw = kk % HALO_W
-    kvalid = kh <= S * (TH - 1) + DIL * (KA - 1)
-    sy = _reflect(ty * TH * S + kh - pad, H)
-    sx = _reflect(tx * TW * S + kw - pad, W)
-    mask = (_in_window(kh[None, :] - u[:, None] * S, S, DIL, KA)
-            & _in_window(kw[None, :] - w[:, None] * S, S, DIL, KA) & kvalid[None, :])
-
-    qmask = qvalid[:, None] & dvalid[None, :]
-    q = tl.load(q_ptr + b * sqb + hh * sqh + d[None, :] * sqd + (oy * S)[:, None] * sqy + (ox * S)[:, None] * sqx,
-                mask=qmask, other=0.0)
-    kmask = kvalid[:, None] & dvalid[None, :]
-    k = tl.load(k_ptr + b * skb + hh * skh + d[None, :] * skd + sy[:, None] * sky + sx[:, None] * skx,
-                mask=kmask, other=0.0)
-    v = tl.load(v_ptr + b * svb + hh * svh + d[None, :] * svd + sy[:, None] * svy + sx[:, None] * svx,
-                mask=kmask, other=0.0)
-    go = tl.load(go_ptr + b * sgb + hh * sgh + d[None, :] * sgd + oy[:, None] * sgy + ox[:, None] * sgx,
-                 mask=qmask, other=0.0)
+    pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale = _query_tile(
+        q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+        skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
+        KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
+    go = _rows(go_ptr, b * sgb + hh * sgh, d, sgd, oy, sgy, ox, sgx, qmask)
     lse = tl.load(lse_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     delta = tl.load(delta_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
-    scale = tl.load(scale_ptr).to(ACC)
-
-    logits = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale
-    lx = _location(sx, W, ACC)
-    ly = _location(sy, H, ACC)
-    if HAS_R:
-        rbase = r_ptr + b * srb + hh * srh + oy * sry + ox * srx
-        r0 = tl.load(rbase, mask=qvalid, other=0.0).to(ACC)
-        r1 = tl.load(rbase + src, mask=qvalid, other=0.0).to(ACC)
-        logits -= r0[:, None] * lx[None, :] + r1[:, None] * ly[None, :]
     p = tl.where(mask, tl.exp(logits - lse[:, None]), 0.0)
     dp = tl.dot(go, tl.trans(v.to(go.dtype)), input_precision=PREC).to(ACC)
     ds = tl.where(mask, p * (dp - delta[:, None]), 0.0)
@@ -324,15 +301,11 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
             & _in_window(px[:, None] - ox[None, :] * S, S, DIL, KA) & kvalid[:, None] & qvalid[None, :])
 
     kmask = kvalid[:, None] & dvalid[None, :]
-    k = tl.load(k_ptr + b * skb + hh * skh + d[None, :] * skd + sy[:, None] * sky + sx[:, None] * skx,
-                mask=kmask, other=0.0)
-    v = tl.load(v_ptr + b * svb + hh * svh + d[None, :] * svd + sy[:, None] * svy + sx[:, None] * svx,
-                mask=kmask, other=0.0)
+    k = _rows(k_ptr, b * skb + hh * skh, d, skd, sy, sky, sx, skx, kmask)
+    v = _rows(v_ptr, b * svb + hh * svh, d, svd, sy, svy, sx, svx, kmask)
     qmask = qvalid[:, None] & dvalid[None, :]
-    q = tl.load(q_ptr + b * sqb + hh * sqh + d[None, :] * sqd + (oy * S)[:, None] * sqy + (ox * S)[:, None] * sqx,
-                mask=qmask, other=0.0)
-    go = tl.load(go_ptr + b * sgb + hh * sgh + d[None, :] * sgd + oy[:, None] * sgy + ox[:, None] * sgx,
-                 mask=qmask, other=0.0)
+    q = _rows(q_ptr, b * sqb + hh * sqh, d, sqd, oy * S, sqy, ox * S, sqx, qmask)
+    go = _rows(go_ptr, b * sgb + hh * sgh, d, sgd, oy, sgy, ox, sgx, qmask)
     lse = tl.load(lse_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     delta = tl.load(delta_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     scale = tl.load(scale_ptr).to(ACC)
