@@ -199,6 +199,15 @@ def test_custom_op_checks(interp):
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+@pytest.mark.slow  # dynamo's tracing takes ~10 s here
+def test_traces_as_one_op(interp):
+    """torch.compile (aot_eager: no C++ build) sees the custom op, forward and backward, with the same results."""
+    q, r, k, v, go = _inputs(1, 2, 4, 5, 6, 2, True, seed=11)
+    args = _args(4, 3, 2, 1)
+    compiled = torch.compile(_triton(args), backend="aot_eager", fullgraph=True)
+    _assert_same(_grads(compiled, q, r, k, v, go), _grads(_triton(args), q, r, k, v, go), 0.0)
+
+
 def test_available_and_errors(interp, monkeypatch):
     x = torch.zeros(1, 1, 1, 2, 2)
     assert ta.available(x) and not ta.available(x.long())
@@ -247,7 +256,7 @@ def test_cuda_matches_eager(case, dtype):
 
 @needs_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 def test_cuda_half_precision(dtype, tol):
     """Relative max error of bf16/fp16 against float64 (inputs rounded the same way) stays within ``tol``."""
     b, heads, hd, h, w, ka, s, dil = 4, 4, 32, 28, 28, 7, 1, 1

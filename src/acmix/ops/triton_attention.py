@@ -60,9 +60,7 @@ _lock = threading.Lock()
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@functools.cache
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # a constant: torch.compile traces through it
 
 
 def interpreting() -> bool:
@@ -73,7 +71,7 @@ def interpreting() -> bool:
 def available(x: Tensor) -> bool:
     """Whether the Triton path can run on ``x``: Triton importable and ``x`` on CUDA, or a CPU tensor
     while :func:`interpreting`; floating dtypes only."""
-    if x.dtype not in _DTYPES or not _triton_importable():
+    if x.dtype not in _DTYPES or not _HAS_TRITON:
         return False
     if x.device.type == "cuda":
         return True
