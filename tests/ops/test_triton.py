@@ -138,6 +138,19 @@ def test_reads_strided_views(interp, layout):
     assert got[1][0][..., 1::2, :].abs().max() == 0 and got[1][0][..., 1::2].abs().max() == 0
 
 
+def test_backward_keeps_inputs_not_output(interp):
+    """Autograd keeps q, k, v as the input views (no copy), r and the LSE; never the output."""
+    b, heads, hd, h, w = 2, 2, 4, 6, 5
+    qkv = torch.randn(b, 3 * heads * hd, h, w, dtype=torch.float64, requires_grad=True)
+    q, k, v = qkv.view(b, hd, 3, heads, h, w).permute(2, 0, 3, 1, 4, 5).unbind(0)
+    r = torch.randn(b, heads, 2, h, w, dtype=torch.float64)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = ta.window_attention_triton(q, r, k, v, **_args(hd, 3, 1, 1))
+    assert len(saved) == 5 and all(t.shape != out.shape for t in saved)
+    assert sum(t.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr() for t in saved) == 3
+
+
 def test_float32_within_1e5(interp):
     b, heads, hd, h, w, ka, s, dil = 2, 2, 8, 9, 8, 5, 2, 1
     q, r, k, v, go = _inputs(b, heads, hd, h, w, s, True, seed=7)

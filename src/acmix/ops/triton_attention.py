@@ -23,7 +23,9 @@ dR; ``attention_bwd_key`` runs over tiles of the reflect-padded key grid, finds
 the query rows and columns whose windows reach the tile, recomputes ``P``
 transposed and writes dK, dV per *padded* position; gathers and sums in a fixed
 order then fold the padded grid onto the source pixels (the reflect-pad
-backward).  ``delta = sum(dO * O)`` is a torch reduction.
+backward).  The dQ kernel also writes ``delta = dO . O = sum_j P_j (dO . v_j)``
+for the dK/dV kernel, so the output itself is not kept for the backward: only
+q, k, v (views of the input), r and the log-sum-exp are.
 
 Why exact: every logit, mask entry and location is the reference's, evaluated
 in float32 (float64 for float64 inputs) with the softmax in that precision;
@@ -179,15 +181,15 @@ def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
 
 
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
-def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                 scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor, scale: float,
+                 kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     interpret = q.device.type != "cuda" or interpreting()
     mod = _kernels(interpret)
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
     heads, hd, h, w, ho, wo = sizes
     b, n = q.shape[0], q.shape[0] * heads
     acc = _acc(q.dtype)
-    delta = (gout.to(acc) * out.to(acc)).unflatten(1, (heads, hd)).sum(2).reshape(n, ho, wo).contiguous()
+    delta = torch.empty(n, ho, wo, device=q.device, dtype=acc)  # written by the dQ kernel, read by the dK/dV one
     gs = _split_heads(gout, hd)
     scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
     args = (lse, delta, scale_t)
@@ -211,20 +213,20 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
 
 
 @_backward_op.register_fake
-def _(gout, q, r, k, v, out, lse, scale, kernel, stride, dilation):
+def _(gout, q, r, k, v, lse, scale, kernel, stride, dilation):
     dr = torch.empty_like(r, memory_format=torch.contiguous_format) if r is not None else q.new_empty(0)
     return (q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape))
 
 
 def _setup(ctx, inputs, output):
     q, r, k, v, scale, kernel, stride, dilation = inputs
-    ctx.save_for_backward(q, r, k, v, *output)
+    ctx.save_for_backward(q, r, k, v, output[1])  # not the output: the backward gets dO . O from P
     ctx.args = (scale, kernel, stride, dilation)
 
 
 def _backward(ctx, gout, _glse):
-    q, r, k, v, out, lse = ctx.saved_tensors
-    dq, dr, dk, dv = _backward_op(gout, q, r, k, v, out, lse, *ctx.args)
+    q, r, k, v, lse = ctx.saved_tensors
+    dq, dr, dk, dv = _backward_op(gout, q, r, k, v, lse, *ctx.args)
     return dq, (dr if r is not None else None), dk, dv, None, None, None, None
 
 

@@ -232,16 +232,18 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                         KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
                         ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
                         TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """dQ (at the strided query pixels; strides ``s1*``) and dR (strides ``s2*``) of one query tile."""
+    """dQ (at the strided query pixels; strides ``s1*``), dR (strides ``s2*``) and ``delta`` of one query tile."""
     pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale = _query_tile(
         q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
         KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
     go = _rows(go_ptr, b * sgb + hh * sgh, d, sgd, oy, sgy, ox, sgx, qmask)
     lse = tl.load(lse_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
-    delta = tl.load(delta_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     p = tl.where(mask, tl.exp(logits - lse[:, None]), 0.0)
     dp = tl.dot(go, tl.trans(v.to(go.dtype)), input_precision=PREC).to(ACC)
+    # delta = dO . O = sum_j p_j (dO . v_j): no need to keep the output for the backward
+    delta = _sum(tl.where(mask, p * dp, 0.0), 1)
+    tl.store(delta_ptr + pid_n * HO * WO + oy * WO + ox, delta.to(delta_ptr.dtype.element_ty), mask=qvalid)
     ds = tl.where(mask, p * (dp - delta[:, None]), 0.0)
     kc = tl.where(_finite(k), k, 0.0).to(k.dtype)  # the halo's other keys meet ds == 0: keep 0 * inf out of the sum
     dq = tl.dot(ds.to(k.dtype), kc, input_precision=PREC).to(ACC) * scale
