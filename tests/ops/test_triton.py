@@ -151,6 +151,27 @@ def test_backward_keeps_inputs_not_output(interp):
     assert sum(t.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr() for t in saved) == 3
 
 
+@pytest.mark.parametrize(("stride", "rates"), [(1, (0.7, -1.3)), (2, (0.0, 2.0))], ids=["s1", "s2-rate0"])
+def test_rate_epilogue(interp, stride, rates):
+    """``rate_att * attention + rate_conv * conv`` written by the kernel: values and the grads of all seven."""
+    b, heads, hd, h, w = 2, 2, 4, 7, 6
+    q, r, k, v, go = _inputs(b, heads, hd, h, w, stride, True, seed=12)
+    g = torch.Generator().manual_seed(13)
+    conv = torch.randn(b, *go.shape[2:], heads * hd, generator=g, dtype=torch.float64).permute(0, 3, 1, 2)
+    ra, rc = (torch.tensor([x], dtype=torch.float64) for x in rates)
+    args = _args(hd, 3, stride, 1)
+    leaves = [t.requires_grad_() for t in (q, r, k, v, conv, ra, rc)]
+
+    def run(fn):
+        out = fn(*leaves)
+        return out, torch.autograd.grad(out, leaves, go)
+
+    got = run(lambda q, r, k, v, c, a, d: ta.window_attention_triton(q, r, k, v, **args, conv=c, rate_att=a,
+                                                                     rate_conv=d))
+    want = run(lambda q, r, k, v, c, a, d: a * _eager(args)(q, r, k, v) + d * c)
+    _assert_same(got, want, 1e-10)
+
+
 def test_float32_within_1e5(interp):
     b, heads, hd, h, w, ka, s, dil = 2, 2, 8, 9, 8, 5, 2, 1
     q, r, k, v, go = _inputs(b, heads, hd, h, w, s, True, seed=7)
@@ -208,8 +229,10 @@ def test_inf_value_reaches_its_windows_only(interp):
 
 def test_custom_op_checks(interp):
     q, r, k, v, _ = _inputs(1, 1, 4, 5, 4, 1, True, seed=10)
-    torch.library.opcheck(torch.ops.acmix.window_attention_triton.default, (q, r, k, v, 0.5, 3, 1, 1),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    conv, ra, rc = torch.randn(1, 4, 5, 4, dtype=q.dtype), torch.ones(1, dtype=q.dtype), torch.ones(1, dtype=q.dtype)
+    for extra in ((None, None, None), (conv, ra, rc)):
+        torch.library.opcheck(torch.ops.acmix.window_attention_triton.default, (q, r, k, v, *extra, 0.5, 3, 1, 1),
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 @pytest.mark.slow  # dynamo's tracing takes ~10 s here

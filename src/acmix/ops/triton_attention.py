@@ -133,24 +133,28 @@ def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
 
 
 @torch.library.custom_op("acmix::window_attention_triton", mutates_args=())
-def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, scale: float, kernel: int, stride: int,
-             dilation: int) -> tuple[Tensor, Tensor]:
+def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | None, rate_att: Tensor | None,
+             rate_conv: Tensor | None, scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor]:
     interpret = q.device.type != "cuda" or interpreting()
     mod = _kernels(interpret)
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
     heads, hd, _, _, ho, wo = sizes
     b = q.shape[0]
+    acc = _acc(q.dtype)
     out = q.new_empty(b, heads * hd, ho, wo)
-    lse = torch.empty(b * heads, ho, wo, device=q.device, dtype=_acc(q.dtype))
-    scale_t = torch.full((1,), scale, device=q.device, dtype=_acc(q.dtype))
-    ostrides = _split_heads(out, hd)
+    lse = torch.empty(b * heads, ho, wo, device=q.device, dtype=acc)
+    scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
+    mix = conv is not None
+    rates = (rate_att.to(acc), rate_conv.to(acc)) if mix else (None, None)
+    cstrides = _split_heads(conv, hd) if mix else (0,) * 5
     mod.attention_fwd[_query_grid(b * heads, ho, wo)](
-        q, r, k, v, out, lse, scale_t, *strides, *ostrides, *sizes, **meta)
+        q, r, k, v, out, lse, scale_t, conv, *rates, *strides, *_split_heads(out, hd), *cstrides, *sizes,
+        MIX=mix, **meta)
     return out, lse
 
 
 @_forward.register_fake
-def _(q, r, k, v, scale, kernel, stride, dilation):
+def _(q, r, k, v, conv, rate_att, rate_conv, scale, kernel, stride, dilation):
     b, heads, hd, h, w = k.shape
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, ho, wo, dtype=_acc(q.dtype))
@@ -181,8 +185,9 @@ def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
 
 
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
-def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor, scale: float,
-                 kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor,
+                 rate_att: Tensor | None, scale: float, kernel: int, stride: int,
+                 dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     interpret = q.device.type != "cuda" or interpreting()
     mod = _kernels(interpret)
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
@@ -192,7 +197,8 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     delta = torch.empty(n, ho, wo, device=q.device, dtype=acc)  # written by the dQ kernel, read by the dK/dV one
     gs = _split_heads(gout, hd)
     scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
-    args = (lse, delta, scale_t)
+    ra = rate_att.to(acc) if rate_att is not None else torch.ones(1, device=q.device, dtype=acc)
+    args = (lse, delta, scale_t, ra)
 
     # dq is zero off the strided query pixels; dr is empty without a position term
     dq = (torch.zeros if stride > 1 else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
@@ -209,25 +215,29 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
         q, r, k, v, gout, *args, dk, dv, *strides, *gs, *sizes, **meta)
     dk, dv = (_fold(t, h, w, pad).to(k.dtype).view(b, heads, hd, h, w) for t in (dk, dv))
-    return dq, dr, dk, dv
+    return dq, dr, dk, dv, delta
 
 
 @_backward_op.register_fake
-def _(gout, q, r, k, v, lse, scale, kernel, stride, dilation):
+def _(gout, q, r, k, v, lse, rate_att, scale, kernel, stride, dilation):
     dr = torch.empty_like(r, memory_format=torch.contiguous_format) if r is not None else q.new_empty(0)
-    return (q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape))
+    return q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
 
 
 def _setup(ctx, inputs, output):
-    q, r, k, v, scale, kernel, stride, dilation = inputs
-    ctx.save_for_backward(q, r, k, v, output[1])  # not the output: the backward gets dO . O from P
+    q, r, k, v, conv, rate_att, rate_conv, scale, kernel, stride, dilation = inputs
+    ctx.save_for_backward(q, r, k, v, output[1], conv, rate_att, rate_conv)  # not the output (dO . O comes from P)
     ctx.args = (scale, kernel, stride, dilation)
 
 
 def _backward(ctx, gout, _glse):
-    q, r, k, v, lse = ctx.saved_tensors
-    dq, dr, dk, dv = _backward_op(gout, q, r, k, v, lse, *ctx.args)
-    return dq, (dr if r is not None else None), dk, dv, None, None, None, None
+    q, r, k, v, lse, conv, rate_att, rate_conv = ctx.saved_tensors
+    dq, dr, dk, dv, delta = _backward_op(gout, q, r, k, v, lse, rate_att, *ctx.args)
+    grads = [dq, dr if r is not None else None, dk, dv, None, None, None]
+    if conv is not None:  # out = ra * att + rc * conv; delta[i] = gout_i . att_i
+        grads[4:] = [(gout * rate_conv.to(gout.dtype)).to(conv.dtype), delta.sum().reshape(1).to(rate_att.dtype),
+                     (gout.to(delta.dtype) * conv.to(delta.dtype)).sum().reshape(1).to(rate_conv.dtype)]
+    return (*grads, None, None, None, None)
 
 
 _forward.register_autograd(_backward, setup_context=_setup)
@@ -252,7 +262,8 @@ def _check(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, strid
 
 
 def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
-                            stride: int, dilation: int) -> Tensor:
+                            stride: int, dilation: int, conv: Tensor | None = None, rate_att: Tensor | None = None,
+                            rate_conv: Tensor | None = None) -> Tensor:
     """ACmix window attention on the Triton kernels: ``(B, heads*hd, Ho, Wo)``.
 
     The contract of :func:`acmix.ops.fast.attention_eager`, except that ``q`` is the
@@ -260,11 +271,23 @@ def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *
     kernels read the strided pixels ``(i*stride, j*stride)``.  ``r`` (``(B, heads,
     2, Ho, Wo)`` or None) is the position term ``W_p^T (scale q)`` at those pixels.
     q, k, v, r may be any strided views (read in place).  Differentiable in q, r, k, v.
+
+    With ``conv`` (the convolution path's output, ``(B, heads*hd, Ho, Wo)``, any strides) and the
+    ``(1,)`` rates, the forward kernel writes the layer's ``rate_att * attention + rate_conv * conv``
+    itself (differentiable in all three too): the attention output never exists in memory.
     """
     _check(q, r, k, v, kernel, stride, dilation)
+    mixing = [t is not None for t in (conv, rate_att, rate_conv)]
+    if any(mixing) and not all(mixing):
+        raise ValueError("conv, rate_att and rate_conv go together: pass all three or none")
+    b, heads, hd, h, w = k.shape
+    want = (b, heads * hd, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    if conv is not None and (tuple(conv.shape) != want or rate_att.shape != (1,) or rate_conv.shape != (1,)):
+        raise ValueError(f"conv must be {want} and the rates (1,), got {tuple(conv.shape)}, "
+                         f"{tuple(rate_att.shape)}, {tuple(rate_conv.shape)}")
     if not available(k):
         raise RuntimeError(f"acmix: the Triton attention cannot run on a {k.device.type} {k.dtype} tensor "
                            "(needs Triton and CUDA, or TRITON_INTERPRET=1 for CPU tensors)")
     if r is not None:
         r = r.to(q.dtype)
-    return _forward(q, r, k, v, float(scale), kernel, stride, dilation)[0]
+    return _forward(q, r, k, v, conv, rate_att, rate_conv, float(scale), kernel, stride, dilation)[0]

@@ -191,15 +191,18 @@ def _query_tile(q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr,
                  prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
-def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
+def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, ra_ptr, rc_ptr,
                   sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
                   skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
-                  sob, soh, sod, soy, sox,
-                  HEADS, HD, H, W, HO, WO,
+                  sob, soh, sod, soy, sox, scb, sch, scd, scy, scx,
+                  HEADS, HD, H, W, HO, WO, MIX: tl.constexpr,
                   KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
                   ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                   HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE."""
+    """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE.
+
+    With ``MIX`` it writes ``ra * attention + rc * conv`` (the layer's rate combination; ``conv`` read in place).
+    """
     pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, _k, v, _lx, _ly, logits, _scale = _query_tile(
         q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
@@ -214,6 +217,9 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
     if _sum(tl.where(fin, 0, 1), None) > 0:  # a non-finite value only reaches the queries whose window holds it
         acc = _with_nonfinite(acc, mask, v)
     out = acc / denom[:, None]
+    if MIX:
+        conv = _rows(c_ptr, b * scb + hh * sch, d, scd, oy, scy, ox, scx, qmask).to(ACC)
+        out = tl.load(ra_ptr).to(ACC) * out + tl.load(rc_ptr).to(ACC) * conv
     tl.store(o_ptr + b * sob + hh * soh + d[None, :] * sod + oy[:, None] * soy + ox[:, None] * sox,
              out.to(o_ptr.dtype.element_ty), mask=qmask)
     tl.store(lse_ptr + pid_n * HO * WO + oy * WO + ox, (m + tl.log(denom)).to(lse_ptr.dtype.element_ty),
@@ -224,7 +230,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr,
                  prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
-def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, dq_ptr, dr_ptr,
+def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dq_ptr, dr_ptr,
                         sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
                         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                         sgb, sgh, sgd, sgy, sgx, s1b, s1h, s1d, s1y, s1x, s2b, s2h, s2c, s2y, s2x,
@@ -232,7 +238,11 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                         KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
                         ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
                         TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """dQ (at the strided query pixels; strides ``s1*``), dR (strides ``s2*``) and ``delta`` of one query tile."""
+    """dQ (at the strided query pixels; strides ``s1*``), dR (strides ``s2*``) and ``delta`` of one query tile.
+
+    ``go`` is the gradient of the output the forward wrote; the attention's own is ``ra * go`` (``ra`` = 1
+    without the rate combination), so ``delta`` is ``go . attention``, the rate's gradient per query.
+    """
     pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale = _query_tile(
         q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
@@ -244,7 +254,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
     # delta = dO . O = sum_j p_j (dO . v_j): no need to keep the output for the backward
     delta = _sum(tl.where(mask, p * dp, 0.0), 1)
     tl.store(delta_ptr + pid_n * HO * WO + oy * WO + ox, delta.to(delta_ptr.dtype.element_ty), mask=qvalid)
-    ds = tl.where(mask, p * (dp - delta[:, None]), 0.0)
+    ds = tl.where(mask, p * (dp - delta[:, None]), 0.0) * tl.load(ra_ptr).to(ACC)
     kc = tl.where(_finite(k), k, 0.0).to(k.dtype)  # the halo's other keys meet ds == 0: keep 0 * inf out of the sum
     dq = tl.dot(ds.to(k.dtype), kc, input_precision=PREC).to(ACC) * scale
     tl.store(dq_ptr + b * s1b + hh * s1h + d[None, :] * s1d + (oy * S)[:, None] * s1y + (ox * S)[:, None] * s1x,
@@ -259,7 +269,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                  prune_configs_by={"early_config_prune": _prune(_key_heuristics)})
 @triton.heuristics(_each(_key_heuristics, "SPAN_W", "BLOCK_Q", "BLOCK_K"))
 @triton.jit
-def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, dk_ptr, dv_ptr,
+def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dk_ptr, dv_ptr,
                       sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
                       skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                       sgb, sgh, sgd, sgy, sgx,
@@ -324,8 +334,10 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0).to(go.dtype), input_precision=PREC).to(ACC)
     if _sum(tl.where(gfin, 0, 1), None) > 0:  # a non-finite output gradient reaches only its window's values
         dv = _with_nonfinite(dv, mask, go)
+    ra = tl.load(ra_ptr).to(ACC)
+    dv = dv * ra
     dp = tl.dot(v.to(go.dtype), tl.trans(go), input_precision=PREC).to(ACC)
-    ds = tl.where(mask, p * (dp - delta[None, :]), 0.0)
+    ds = tl.where(mask, p * (dp - delta[None, :]), 0.0) * ra
     dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0).to(q.dtype), input_precision=PREC).to(ACC) * scale
 
     out = pid_n * HD * hp * wp + d[None, :] * (hp * wp) + py[:, None] * wp + px[:, None]
