@@ -25,15 +25,18 @@ transposed and writes dK, dV per *padded* position; gathers and sums in a fixed
 order then fold the padded grid onto the source pixels (the reflect-pad
 backward).  The dQ kernel also writes ``delta = dO . O = sum_j P_j (dO . v_j)``
 for the dK/dV kernel, so the output itself is not kept for the backward: only
-q, k, v (views of the input), r and the log-sum-exp are.
+q, k, v (views of the input), r and the log-sum-exp are.  Optionally the
+forward writes the layer's ``rate_att * attention + rate_conv * conv``
+directly (the rates' gradients come from the same ``delta``).
 
 Why exact: every logit, mask entry and location is the reference's, evaluated
 in float32 (float64 for float64 inputs) with the softmax in that precision;
 float32 dots on the GPU run as ``tf32x3`` (three TF32 products: float32-level
-error on tensor cores), float64 and interpreted ones as ``ieee``.  Masked entries are
-selected with ``tl.where`` and operands summed over the halo have their
-non-finite entries zeroed (put back only for the queries whose window holds
-them), so a NaN or Inf pixel changes only the outputs whose windows contain it.
+error on tensor cores), float64 and interpreted ones as ``ieee``.  Masked
+entries are selected with ``tl.where`` and operands summed over the halo have
+their non-finite entries zeroed (put back, by counting, only for the queries
+whose window holds them), so a NaN or Inf pixel changes only the outputs whose
+windows contain it.
 See ``docs/fast-paths.md`` for the rewrites and how this path is dispatched.
 
 The kernels (``triton_kernels.py``) are decorated when that module runs, and
