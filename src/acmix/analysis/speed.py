@@ -1,0 +1,95 @@
+"""Speed tables: the four shift implementations (paper Tab. 7) and the model family (Tab. 5).
+
+The shift table times one :class:`acmix.ACmix` layer per shift mode at the
+ResNet-50 stage shapes, forward (inference) and forward + backward, interleaved
+round by round so that a busy machine slows every mode alike; each row also
+gives the time relative to the grouped (default) layer.  The family table is
+the model benchmark (``acmix.analysis.model_bench``) over each ACmix model and
+its baseline.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..nn import ACmix
+from ..ops.config import ShiftMode
+
+__all__ = ["FAMILY_PAIRS", "STAGE_SHAPES", "family_speed", "pair_ratios", "shift_speed"]
+
+STAGE_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-50's 3x3 layers: channels, size
+SHIFT_MODES = tuple(m.value for m in ShiftMode)
+FAMILY_PAIRS = (("acmix_resnet50", "conv_resnet50"), ("acmix_resnet50", "sasa_resnet50"),
+                ("acmix_san10", "san10_patchwise"), ("acmix_pvt_tiny", "pvt_v1_tiny"),
+                ("acmix_swin_tiny", "conv_swin_tiny"))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def shift_speed(*, shapes: Sequence[tuple[int, int]] = STAGE_SHAPES, modes: Sequence[str] = SHIFT_MODES,
+                batch: int = 8, rounds: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (shape, mode): median forward and forward+backward ms, images/s, ratio to ``grouped``."""
+    dev = torch.device(device)
+    rows = []
+    for c, hw in shapes:
+        torch.manual_seed(seed)
+        layers = {m: ACmix(c, c, shift=m, device=dev, dtype=dtype) for m in modes}
+        x = torch.randn(batch, c, hw, hw, device=dev, dtype=dtype, requires_grad=True)
+        times: dict[str, dict[str, list[float]]] = {m: {"fwd": [], "fwd_bwd": []} for m in modes}
+        for r in range(rounds + 1):  # round 0 warms up
+            for m in modes[r % len(modes):] + modes[: r % len(modes)]:
+                for kind in ("fwd", "fwd_bwd"):
+                    _sync(dev)
+                    start = time.perf_counter()
+                    if kind == "fwd":
+                        with torch.no_grad():
+                            layers[m](x)
+                    else:
+                        layers[m](x).sum().backward()
+                    _sync(dev)
+                    if r:
+                        times[m][kind].append((time.perf_counter() - start) * 1e3)
+        med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
+        base = med.get("grouped")
+        for m in modes:
+            row = {"channels": c, "size": hw, "batch": batch, "shift": m, "fwd_ms": med[m]["fwd"],
+                   "fwd_bwd_ms": med[m]["fwd_bwd"], "infer_img_s": batch / med[m]["fwd"] * 1e3}
+            if base:
+                row["fwd_vs_grouped"] = med[m]["fwd"] / base["fwd"]
+                row["fwd_bwd_vs_grouped"] = med[m]["fwd_bwd"] / base["fwd_bwd"]
+            rows.append(row)
+    return rows
+
+
+def family_speed(names: Sequence[str] | None = None, **bench_kwargs: Any) -> list[dict[str, Any]]:
+    """The model benchmark over ``names`` (default: every model of :data:`FAMILY_PAIRS`)."""
+    try:
+        from .model_bench import bench_models
+    except ImportError as e:
+        raise ValueError(f"the model benchmark (acmix.analysis.model_bench) is not available here: {e}") from None
+    if names is None:
+        names = list(dict.fromkeys(n for pair in FAMILY_PAIRS for n in pair))
+    return bench_models(list(names), **bench_kwargs)
+
+
+def pair_ratios(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]] = FAMILY_PAIRS
+                ) -> list[dict[str, Any]]:
+    """Per (ACmix model, baseline, mode) measured: throughput of each and their ratio."""
+    speed = {(r["model"], r["mode"]): r["img_s"] for r in rows}
+    out = []
+    for model, base in pairs:
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            if (model, mode) in speed and (base, mode) in speed:
+                out.append({"model": model, "baseline": base, "mode": mode, "img_s": speed[model, mode],
+                            "baseline_img_s": speed[base, mode],
+                            "speed_vs_baseline": speed[model, mode] / speed[base, mode]})
+    return out
