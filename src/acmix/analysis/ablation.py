@@ -245,7 +245,8 @@ def write_report(results: Sequence[Mapping[str, Any]], out: str | Path, *, varia
     if not summary:
         raise ValueError(f"{out}: no finished ablation runs to report")
     notes = [*verdicts(summary),
-             "top-1 in % on the test set (mean +- std over seeds); training minutes are the mean per run.",
+             "top-1 in % on the evaluation split (Fashion-MNIST: the 10k test set), mean +- std over seeds; "
+             "training minutes are the mean per run.",
              "'grouped kernels' is the 'learned a/b' variant (the layer's defaults): the same runs."]
     cols = ["table", "label", "combination", "shift", "seeds", "top1_mean", "top1_std", "params", "mmacs",
             "train_min"]

@@ -145,16 +145,16 @@ def total_costs(layers: Sequence[Layer], *, strided_attention: str = "subsample"
     return totals
 
 
-def stage_table(layers: Sequence[Layer], time_shares: dict[str, dict[str, float]] | None = None
-                ) -> list[dict[str, Any]]:
+def stage_table(layers: Sequence[Layer], time_shares: dict[str, dict[str, float]] | None = None, *,
+                strided_attention: str = "subsample") -> list[dict[str, Any]]:
     """Rows for the report: per layer shape and operator, then the totals (``layer = 'total'``)."""
     rows = []
     for layer in layers:
-        for op, c in total_costs([layer]).items():
+        for op, c in total_costs([layer], strided_attention=strided_attention).items():
             rows.append({"layer": layer.name, "count": layer.count, "shape": _shape(layer), "operator": op,
                          **_rounded(c), **({} if time_shares is None else
                                            {"stage1_time_share": time_shares.get(layer.name, {}).get(op)})})
-    for op, c in total_costs(layers).items():
+    for op, c in total_costs(layers, strided_attention=strided_attention).items():
         row = {"layer": "total", "count": sum(x.count for x in layers), "shape": "", "operator": op, **_rounded(c)}
         if time_shares is not None:
             row["stage1_time_share"] = time_shares.get("total", {}).get(op)

@@ -9,25 +9,15 @@ Each is a thin layer over :mod:`acmix.analysis`; ``--quick`` runs a tiny size
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from typing import Any
 
 __all__ = ["add_parser", "run"]
 
 
-def _json_dict(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``paper`` and its sub-commands on the ``acmix`` parser."""
+    from acmix.cli.main import _json_dict  # here: main imports this module
     parser = subparsers.add_parser("paper", help="reproduce the paper's analyses (Tab. 1, 5, 6, 7, Fig. 5)")
     sub = parser.add_subparsers(dest="paper_command", required=True)
 
@@ -44,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch", type=int, default=8, help="batch of the timing")
     p.add_argument("--rounds", type=int, default=5, help="timing rounds (median)")
     p.add_argument("--no-time", action="store_true", help="analytic counts only")
+    p.add_argument("--strided-attention", choices=("subsample", "pool"), default="subsample",
+                   help="how a strided attention layer is counted: this library's query subsampling, or "
+                        "SASA's attend-then-pool (the paper's ResNet-50 figure)")
 
     p = sub.add_parser("shift-speed", help="Tab. 7: speed of the four shift implementations")
     common(p, "shift_speed")
@@ -115,10 +108,12 @@ def _stage_costs(args: argparse.Namespace) -> None:
     if not args.no_time:
         shares = measure_time_share(layers, batch=1 if args.quick else args.batch,
                                     rounds=1 if args.quick else args.rounds, device=device)
-    rows = stage_table(layers, shares)
+    rows = stage_table(layers, shares, strided_attention=args.strided_attention)
     notes = ["MMACs per image; Stage II counts the window attention (logits and weighted sum) that FLOP "
              "counters miss; position encoding left out, as in the paper.",
-             "Paper, Tab. 1 (ResNet-50): 99% of convolution's and 83% of self-attention's compute in Stage I."]
+             "Paper, Tab. 1 (ResNet-50): 99% of convolution's and 83% of self-attention's compute in Stage I.",
+             f"Strided attention layers counted as '{args.strided_attention}' ('subsample': this library attends "
+             f"from the subsampled queries; 'pool': SASA attends at input resolution, then pools)."]
     if shares is not None:
         notes.append(f"stage1_time_share: measured forward time on {device} (batch "
                      f"{1 if args.quick else args.batch}); Stage I = the 1x1 projection(s).")
