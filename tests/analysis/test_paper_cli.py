@@ -75,3 +75,13 @@ def test_ablation_and_rates(fmnist_dir, tmp_path, capsys):
     assert [r["run"] for r in rows].count("swin") == 8 and (tmp_path / "rates" / "rates.png").is_file()
     assert main(["paper", "rates", str(weights), "--labels", "a", "b"]) == 2  # one-line error, exit 2
     assert "--labels has 2 entries" in capsys.readouterr().err
+
+
+def test_pair_ratios():
+    from acmix.analysis.speed import pair_ratios
+
+    rows = [{"model": m, "mode": mode, "img_s": s} for m, mode, s in
+            (("a", "infer", 30.0), ("b", "infer", 20.0), ("a", "train", 9.0), ("c", "train", 3.0))]
+    out = pair_ratios(rows, pairs=[("a", "b"), ("a", "c"), ("a", "d")])
+    assert [(r["baseline"], r["mode"], r["speed_vs_baseline"]) for r in out] == [("b", "infer", 1.5),
+                                                                               ("c", "train", 3.0)]
