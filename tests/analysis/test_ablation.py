@@ -48,6 +48,8 @@ def test_quick_sweep_resumes_and_reports(fmnist_dir, tmp_path, capsys):
     # a second call trains nothing
     again = run_ablation(tmp_path, **kw)
     assert again == results and "training" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"another recipe \(differs in epochs\)"):
+        run_ablation(tmp_path, **{**kw, "overrides": {**kw["overrides"], "epochs": 2}})
     paths = write_report(results, tmp_path, variants=kw["variants"])
     table = json.loads(paths["json"].read_text())["rows"]
     assert [r["variant"] for r in table] == ["learned", "grouped"]

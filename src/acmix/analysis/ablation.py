@@ -107,6 +107,8 @@ def run_ablation(out: str | Path, *, variants: Sequence[str] = tuple(VARIANTS), 
     out = Path(out)
     plan = _plan(variants, seeds, seed0)
     recipe = _recipe(quick, overrides)
+    if train:
+        _check_recipe(out, recipe)
     name = ablation_model_name()
     results, durations = [], []
     for i, (variant, seed) in enumerate(plan):
@@ -139,6 +141,24 @@ def run_ablation(out: str | Path, *, variants: Sequence[str] = tuple(VARIANTS), 
         results.append(result)
         log(prefix + f"test top-1 {result['top1']:.4f} in {result['train_seconds'] / 60:.1f} min of training")
     return results
+
+
+EXECUTION = ("device", "threads", "workers", "log_interval", "plot", "pin_memory")  # may change between calls
+
+
+def _check_recipe(out: Path, recipe: Mapping[str, Any]) -> None:
+    """``out/recipe.json`` pins the recipe: resuming or adding seeds must not mix recipes in one table."""
+    path = out / "recipe.json"
+    same = {k: v for k, v in recipe.items() if k not in EXECUTION}
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(same) if before.get(k) != same.get(k))
+        if changed:
+            raise ValueError(f"{out} holds runs of another recipe (differs in {', '.join(changed)}); "
+                             f"use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(same, indent=2) + "\n")
 
 
 def _clock(seconds: float) -> str:
@@ -247,7 +267,9 @@ def write_report(results: Sequence[Mapping[str, Any]], out: str | Path, *, varia
     notes = [*verdicts(summary),
              "top-1 in % on the evaluation split (Fashion-MNIST: the 10k test set), mean +- std over seeds; "
              "training minutes are the mean per run.",
-             "'grouped kernels' is the 'learned a/b' variant (the layer's defaults): the same runs."]
+             "'grouped kernels' is the 'learned a/b' variant (the layer's defaults): the same runs.",
+             "MMACs from count_macs: the tensor shifts' additions are not multiply-accumulates, so that row "
+             "counts fewer than the group-convolution rows that compute the same function."]
     cols = ["table", "label", "combination", "shift", "seeds", "top1_mean", "top1_std", "params", "mmacs",
             "train_min"]
     paths = write_table(out, "ablation", summary, title="Ablations (Tab. 6 combination, Tab. 7 shift)",

@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = parser.add_subparsers(dest="paper_command", required=True)
 
     def common(p: argparse.ArgumentParser, name: str, device: bool = True) -> None:
-        p.add_argument("--out", default=f"runs/paper/{name}", help="output folder")
+        p.add_argument("--out", help=f"output folder (default runs/paper/{name}, with --quick {name}_quick)")
         p.add_argument("--quick", action="store_true", help="a tiny size, for tests (not a result)")
         if device:
             p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -196,6 +196,9 @@ def _rates(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``acmix paper`` sub-command in ``args``."""
+    if args.out is None:  # quick runs never land in (or resume from) a real run's folder
+        name = args.paper_command.replace("-", "_")
+        args.out = f"runs/paper/{name}{'_quick' if getattr(args, 'quick', False) else ''}"
     commands = {"stage-costs": _stage_costs, "shift-speed": _shift_speed, "family-speed": _family_speed,
                 "ablation": _ablation, "rates": _rates}
     commands[args.paper_command](args)
