@@ -70,7 +70,10 @@ def plot_rates(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path
         layers = [r["layer"] for r in rows]
         for ax, key in zip(axes, ("alpha", "beta", "beta_over_alpha")):
             ax.plot(layers, [r[key] for r in rows], marker="o", ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in zip(axes, ("alpha (attention)", "beta (convolution)", "beta / alpha")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_title(name)
         ax.grid(alpha=0.3)
