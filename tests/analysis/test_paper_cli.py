@@ -54,10 +54,12 @@ def test_family_speed(tmp_path):
 def test_ablation_and_rates(fmnist_dir, tmp_path, capsys):
     out = tmp_path / "abl"
     args = ["paper", "ablation", "--quick", "--variants", "learned", "conv", "--seeds", "1", "--data", str(fmnist_dir),
-            "--out", str(out)]
+            "--out", str(out), "--set", "batch_size=8", "opt=adamw"]
     assert main(args) == 0
     table = _read(out, "ablation")["rows"]
     assert [r["variant"] for r in table] == ["learned", "conv"] and table[0]["seeds"] == 1
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["batch_size"] == 8 and recipe["opt"] == "adamw"
     assert _read(out, "rates")["rows"][0]["layer"] == 0
     runs = _read(out, "ablation_runs")["rows"]
     assert "rates" not in json.loads((out / "runs" / "conv" / "seed0" / "result.json").read_text())

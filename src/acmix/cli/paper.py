@@ -9,16 +9,27 @@ Each is a thin layer over :mod:`acmix.analysis`; ``--quick`` runs a tiny size
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 from typing import Any
 
 __all__ = ["add_parser", "run"]
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``paper`` and its sub-commands on the ``acmix`` parser."""
-    from acmix.cli.main import _json_dict  # here: main imports this module
     parser = subparsers.add_parser("paper", help="reproduce the paper's analyses (Tab. 1, 5, 6, 7, Fig. 5)")
+    parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="paper_command", required=True)
 
     def common(p: argparse.ArgumentParser, name: str, device: bool = True) -> None:
@@ -60,8 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--img-size", type=int, help="input size for ImageFolder data (default 28)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the recipe's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
-    p.add_argument("--set", type=_json_dict, default={}, metavar="JSON",
-                   help="more training settings over the recipe, e.g. '{\"batch_size\": 64}'")
+    p.add_argument("--set", nargs="+", type=_setting, default=[], metavar="KEY=VALUE",
+                   help="training settings over the recipe, VALUE as JSON or a plain string: batch_size=64 "
+                        "opt=sgd scale=[0.5,1]")
     p.add_argument("--report-only", action="store_true", help="write the report from finished runs; train nothing")
 
     p = sub.add_parser("rates", help="Fig. 5: alpha, beta, beta/alpha per layer of checkpoints")
@@ -169,7 +181,7 @@ def _family_speed(args: argparse.Namespace) -> None:
 def _ablation(args: argparse.Namespace) -> None:
     from acmix.analysis.ablation import VARIANTS, run_ablation, write_report
 
-    overrides: dict[str, Any] = {"data": args.data, "device": args.device, "threads": args.threads, **args.set}
+    overrides: dict[str, Any] = {"data": args.data, "device": args.device, "threads": args.threads, **dict(args.set)}
     if args.epochs:
         overrides["epochs"] = args.epochs
     if args.img_size:
