@@ -28,11 +28,11 @@ def test_stage_costs(tmp_path, capsys):
     assert set(totals) == {"convolution", "self-attention", "acmix"}
     assert all(0 < r["stage1_time_share"] <= 1 for r in totals.values())
     assert "Stage I" in capsys.readouterr().out
-    assert main(["paper", "stage-costs", "--model", "acmix_resnet_tiny", "--img-size", "28", "--no-time",
+    assert main(["paper", "stage-costs", "--model", "acmix_resnet_tiny", "--no-time",
                  "--out", str(tmp_path / "tiny")]) == 0
     rows = _read(tmp_path / "tiny", "stage_costs")["rows"]
     assert [r["layer"] for r in rows[::3]] == ["stage1.0.acmix", "stage2.0.acmix", "total"]
-    assert "stage1_time_share" not in rows[0]
+    assert "stage1_time_share" not in rows[0] and rows[0]["shape"] == "32->32 @14x14"
 
 
 def test_shift_speed(tmp_path):

@@ -32,16 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="paper_command", required=True)
 
-    def common(p: argparse.ArgumentParser, name: str, device: bool = True) -> None:
+    def common(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--out", help=f"output folder (default runs/paper/{name}, with --quick {name}_quick)")
         p.add_argument("--quick", action="store_true", help="a tiny size, for tests (not a result)")
-        if device:
-            p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
 
     p = sub.add_parser("stage-costs", help="Tab. 1: params / MACs / time of Stage I vs II")
     common(p, "stage_costs")
     p.add_argument("--model", help="a registered model (default: the ResNet-50 stage shapes)")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, help="input size (default: 224, or the model's)")
     p.add_argument("--batch", type=int, default=8, help="batch of the timing")
     p.add_argument("--rounds", type=int, default=5, help="timing rounds (median)")
     p.add_argument("--no-time", action="store_true", help="analytic counts only")
@@ -104,15 +103,16 @@ def _stage_costs(args: argparse.Namespace) -> None:
     from acmix.analysis.report import write_table
     from acmix.analysis.stage_costs import measure_time_share, model_layers, resnet50_layers, stage_table
 
-    img = 64 if args.quick else args.img_size
     if args.model:
         import timm
 
         model = timm.create_model(args.model)
-        chans = model.pretrained_cfg["input_size"][0]
+        chans, native = model.pretrained_cfg["input_size"][:2]
+        img = min(args.img_size or native, 64 if args.quick else 1 << 30)
         layers = model_layers(model, (chans, img, img))
         what = f"{args.model} at {img}x{img}"
     else:
+        img = 64 if args.quick else args.img_size or 224
         layers = resnet50_layers(img)
         what = f"ResNet-50 stage shapes at {img}x{img}"
     device = _device(args.device)
