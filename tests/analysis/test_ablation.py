@@ -86,3 +86,11 @@ def test_bad_arguments(tmp_path):
     assert summarize([]) == []
     with pytest.raises(ValueError, match="no finished ablation runs"):
         write_report([], tmp_path)
+
+
+def test_a_finished_run_without_result_is_reported_from_its_log(fmnist_dir, tmp_path):
+    kw = dict(variants=["conv"], seeds=1, quick=True, overrides={"data": str(fmnist_dir)})
+    first = run_ablation(tmp_path, **kw)
+    (tmp_path / "runs" / "conv" / "seed0" / "result.json").unlink()  # as if stopped right after training
+    again = run_ablation(tmp_path, **kw)
+    assert again[0]["top1"] == first[0]["top1"] and again[0]["train_seconds"] == first[0]["train_seconds"]

@@ -171,8 +171,11 @@ def _result(variant: str, seed: int, cfg: Any, metrics: Mapping[str, Any], folde
     model = timm.create_model(cfg.model, num_classes=config["num_classes"], in_chans=config["in_chans"],
                               **cfg.model_kwargs)
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    # a run resumed after its last epoch (stopped before result.json) evaluates nothing: use its log
+    last, evals = dict(metrics), [r for r in rows if "val_top1" in r] or [{"val_top1": float("nan")}]
     result = {"variant": variant, "seed": seed, "combination": cfg.model_kwargs["combination"],
-              "shift": cfg.model_kwargs["shift"], "top1": metrics["top1"], "top5": metrics.get("top5"),
+              "shift": cfg.model_kwargs["shift"], "top1": last.get("top1", evals[-1]["val_top1"]),
+              "top5": last.get("top5", evals[-1].get("val_top5")),
               "params": sum(p.numel() for p in model.parameters()),
               "macs": count_macs(model, (1, *config["data"]["input_size"])),
               "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows), "epochs": cfg.epochs,
