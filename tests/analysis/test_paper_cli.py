@@ -33,6 +33,10 @@ def test_stage_costs(tmp_path, capsys):
     rows = _read(tmp_path / "tiny", "stage_costs")["rows"]
     assert [r["layer"] for r in rows[::3]] == ["stage1.0.acmix", "stage2.0.acmix", "total"]
     assert "stage1_time_share" not in rows[0] and rows[0]["shape"] == "32->32 @14x14"
+    assert _read(tmp_path / "tiny", "family_stages")["rows"][-1]["layer"] == "total"
+    san = tmp_path / "san"
+    assert main(["paper", "stage-costs", "--model", "acmix_san10", "--quick", "--out", str(san)]) == 0
+    assert len(_read(san, "family_stages")["rows"]) == 11 and not (san / "stage_costs.md").exists()
 
 
 def test_shift_speed(tmp_path):

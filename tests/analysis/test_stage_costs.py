@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from acmix import ACmix
 from acmix.analysis import count_macs
+from acmix.analysis.family_stages import family_stage_costs
 from acmix.analysis.stage_costs import (
     Layer,
     _shift_sum,
@@ -20,6 +21,13 @@ from acmix.analysis.stage_costs import (
     stage_table,
     total_costs,
 )
+
+SMALL = {  # one small build per family and its input size
+    "acmix_resnet_tiny": ({}, 28),
+    "acmix_san10": (dict(layers=(1, 1, 1, 1, 1), widths=(32, 64, 128, 128, 128), stem_chs=16), 32),
+    "acmix_pvt_tiny": (dict(embed_dims=(16, 32, 40, 64), depths=(1, 1, 1, 1), img_size=64), 64),
+    "acmix_swin_tiny": (dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4)), 224),
+}
 
 
 def test_resnet50_stage1_shares_against_the_paper():
@@ -94,3 +102,27 @@ def test_resnet50_model_matches_the_stage_shapes():
     layers = model_layers(timm.create_model("acmix_resnet50"), (3, 224, 224))
     assert len(layers) == 16
     assert total_costs(layers) == total_costs(resnet50_layers())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_family_stage_costs(name):
+    """Every family's mixing layers split into groups that add up; the ResNet form matches the analytic count."""
+    kwargs, size = SMALL[name]
+    model = timm.create_model(name, **kwargs)
+    chans = model.pretrained_cfg["input_size"][0]
+    rows = family_stage_costs(model, (chans, size, size))
+    total = rows[-1]
+    assert len(rows) == 1 + sum(1 for m in model.modules() if hasattr(m, "rate1"))
+    for key in ("stage1_macs", "attention_macs", "conv_path_macs", "stage1_params", "conv_path_params"):
+        assert total[key] == sum(r[key] for r in rows[:-1]) > 0, key
+    assert 0 < total["acmix_stage1_share"] < total["attention_stage1_share"] < 1
+    mixer_params = sum(p.numel() for m in model.modules() if hasattr(m, "rate1") for p in m.parameters())
+    assert sum(total[f"{g}_params"] for g in ("stage1", "attention", "conv_path", "out_proj")) == mixer_params
+    if name == "acmix_resnet_tiny":
+        layers = model_layers(model, (chans, size, size))
+        analytic = total_costs(layers)["acmix"]
+        pe = sum(2 * (x.c_out // x.heads) * x.pixels_in for x in layers)  # position encoding, left out there
+        assert total["stage1_macs"] == analytic["stage1_macs"]
+        assert total["attention_macs"] + total["conv_path_macs"] == analytic["stage2_macs"] + pe
+    with pytest.raises(ValueError, match="no ACmix layers"):
+        family_stage_costs(nn.Sequential(nn.Conv2d(1, 2, 3)), (1, 8, 8))

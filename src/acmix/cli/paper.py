@@ -103,19 +103,30 @@ def _stage_costs(args: argparse.Namespace) -> None:
     from acmix.analysis.report import write_table
     from acmix.analysis.stage_costs import measure_time_share, model_layers, resnet50_layers, stage_table
 
+    device = _device(args.device)
+    layers = None
     if args.model:
         import timm
+
+        from acmix.analysis.family_stages import family_stage_costs
 
         model = timm.create_model(args.model)
         chans, native = model.pretrained_cfg["input_size"][:2]
         img = min(args.img_size or native, 64 if args.quick else 1 << 30)
-        layers = model_layers(model, (chans, img, img))
         what = f"{args.model} at {img}x{img}"
+        rows = family_stage_costs(model, (chans, img, img))
+        paths = write_table(args.out, "family_stages", rows, title=f"Measured Stage I / II MACs: {what}",
+                            notes=FAMILY_NOTES, meta=_meta(args))
+        print(f"{args.model}: Stage I {rows[-1]['attention_stage1_share']:.1%} of the attention layer's MACs, "
+              f"{rows[-1]['acmix_stage1_share']:.1%} of ACmix's; wrote {paths['md']}")
+        try:
+            layers = model_layers(model, (chans, img, img))
+        except ValueError:
+            return  # not the ResNet-form layer: the measured split is all there is
     else:
         img = 64 if args.quick else args.img_size or 224
         layers = resnet50_layers(img)
         what = f"ResNet-50 stage shapes at {img}x{img}"
-    device = _device(args.device)
     shares = None
     if not args.no_time:
         shares = measure_time_share(layers, batch=1 if args.quick else args.batch,
@@ -133,6 +144,15 @@ def _stage_costs(args: argparse.Namespace) -> None:
                         meta=_meta(args, device=device))
     _print_totals(rows)
     print(f"wrote {paths['md']}")
+
+
+FAMILY_NOTES = [
+    "MACs of one forward pass (batch 1) booked by the weights each operation reads: stage1 = input "
+    "projections (q, k, v; PVT's spatial reduction), conv_path = fc + group conv, out_proj = the output "
+    "projection, attention = the rest of the layer (logits, weights, aggregation, position terms).",
+    "attention_stage1_share = stage1 / (stage1 + attention): the attention layer without the convolution "
+    "path; acmix_stage1_share = stage1 / (stage1 + attention + conv_path); out_proj in neither.",
+]
 
 
 def _print_totals(rows: list[dict[str, Any]]) -> None:
