@@ -12,6 +12,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "train")]
 torch.set_num_threads(int(os.environ.get("ACMIX_TEST_THREADS", "2")))
+# AUTO's measured choice is tested on its own (tests/ops/test_dispatch.py); elsewhere the size rule decides,
+# so that the suite does not time paths at every shape nor write to the user's cache.
+os.environ.setdefault("ACMIX_AUTOTUNE", "0")
 
 from train_helpers import make_fmnist, make_image_folder  # noqa: E402
 

@@ -65,4 +65,12 @@ def cases():
 CASES = list(cases())
 CASE_IDS = [f"{gid}_{h}x{w}_b{b}" for gid, (_, (h, w), b) in zip(grid_ids(), CASES)]
 
-__all__ = ["CASES", "CASE_IDS", "GRID", "make_layer", "randomize_"]
+def input_gradient(model: torch.nn.Module, height: int, width: int) -> torch.Tensor:
+    """``(H, W)``: how much each input pixel moves the output (|d sum(out^2) / dx| over channels)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, height, width, requires_grad=True)
+    model(x).square().sum().backward()
+    return x.grad.abs().sum(1)[0]
+
+
+__all__ = ["CASES", "CASE_IDS", "GRID", "input_gradient", "make_layer", "randomize_"]

@@ -9,29 +9,18 @@ import timm
 import torch
 
 from acmix import ACmix
-from acmix.analysis.ablation import VARIANTS, run_ablation, summarize, verdicts, write_report
-from acmix.analysis.ablation_model import ablation_model_name, switch_paths
+from acmix.analysis.ablation import MODEL, VARIANTS, run_ablation, summarize, verdicts, write_report
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_switched_model_has_the_switches(variant):
+def test_the_model_has_each_variants_switches(variant):
     _, combination, shift = VARIANTS[variant]
-    model = timm.create_model(ablation_model_name(), combination=combination, shift=shift,
-                              widths=[4, 8, 8], heads=2, kernel_att=[3, 3])
+    model = timm.create_model(MODEL, combination=combination, shift=shift, widths=[4, 8, 8], heads=2,
+                              kernel_att=[3, 3])
     layers = [m for m in model.modules() if isinstance(m, ACmix)]
     assert len(layers) == 2
     assert all(m.config.combination.value == combination and m.config.shift.value == shift for m in layers)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-
-
-def test_switch_paths_keeps_the_default_layer():
-    """Switching to the defaults rebuilds an equivalent layer: same parameter names and shapes."""
-    model = timm.create_model("acmix_resnet_tiny")
-    before = {k: v.shape for k, v in model.state_dict().items()}
-    switch_paths(model)
-    assert {k: v.shape for k, v in model.state_dict().items()} == before
-    with pytest.raises(ValueError, match=r"no acmix\.ACmix layers"):
-        switch_paths(torch.nn.Linear(2, 2))
 
 
 def test_quick_sweep_resumes_and_reports(fmnist_dir, tmp_path, capsys):

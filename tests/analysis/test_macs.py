@@ -6,7 +6,7 @@ from acmix.analysis import count_macs
 
 
 def test_acmix_macs_match_formula():
-    """ACmix per pixel: 3C^2 (Stage I) + 206C (Stage II) at k_att 7, k_conv 3, 4 heads (SPEC section 2)."""
+    """ACmix per pixel: 3C^2 (Stage I) + 206C (Stage II) at k_att 7, k_conv 3, 4 heads (docs/fast-paths.md)."""
     c, hw = 64, 14
     layer = ACmix(c, c)
     macs = count_macs(layer, (1, c, hw, hw))

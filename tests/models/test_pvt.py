@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import timm
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 
 from acmix.models.acmix_pvt import PAPER_FIGURES, PyramidVisionTransformerV1, SRAttention, checkpoint_filter_fn
 from acmix.ops.spatial_reduction import spatial_reduction_attention_reference
-from helpers import randomize_
+from helpers import input_gradient, randomize_
 
 SMALL = dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2))
 
@@ -30,7 +32,8 @@ def test_attention_matches_reference(sr):
     a = randomize_(_attn(False, sr))
     x = torch.randn(2, 6 * 4, 12, dtype=torch.float64)
     w = a.weights()._replace(proj_weight=a.proj.weight, proj_bias=a.proj.bias)
-    expect = spatial_reduction_attention_reference(x, (6, 4), w, heads=3, sr_ratio=sr)
+    # eps 1e-5: PVT v1 keeps LayerNorm's default in the spatial-reduction norm (its blocks use 1e-6)
+    expect = spatial_reduction_attention_reference(x, (6, 4), w, heads=3, sr_ratio=sr, eps=1e-5)
     torch.testing.assert_close(a(x, (6, 4)), expect)
 
 
@@ -144,6 +147,29 @@ def test_authors_checkpoint_loads_and_resizes():
     big.load_state_dict(sd, strict=True)
     # at 224 input the resized 256 embeddings are resized back: close, not equal
     assert torch.isfinite(big(torch.randn(1, 3, 224, 224))).all()
+
+
+def test_layer_norm_eps_follow_pvt_v1():
+    """PVT v1's reference (``classification/pvt.py``): LayerNorm's default 1e-5 in the patch embeddings
+    and the spatial reduction (``Attention.norm``), its ``norm_layer`` eps 1e-6 in the blocks and at the end."""
+    m = timm.create_model("acmix_pvt_tiny", device="meta")
+    eps = _to_authors({n: mod.eps for n, mod in m.named_modules() if isinstance(mod, torch.nn.LayerNorm)})["model"]
+    default = {n for n in eps if re.fullmatch(r"patch_embed\d\.norm|block\d\.\d+\.attn\.norm", n)}
+    assert len(default) == 4 + 6  # four patch embeddings, two blocks in each of the three reducing stages
+    assert {n: e for n, e in eps.items() if n in default} == dict.fromkeys(default, 1e-5)
+    assert {n: e for n, e in eps.items() if n not in default} == dict.fromkeys(set(eps) - default, 1e-6)
+    assert {"block1.0.norm1", "block4.1.norm2", "norm"} <= set(eps) - default
+
+
+@pytest.mark.parametrize("acmix", [False, True])
+def test_odd_sizes_are_padded_not_cropped(acmix):
+    """Every pixel of an odd-sized input reaches the output (zero padding to the patch grid)."""
+    torch.manual_seed(0)
+    m = PyramidVisionTransformerV1(**SMALL, acmix=acmix, num_classes=3).eval()
+    g = input_gradient(m, 37, 35)
+    assert (g[-1] > 0).all() and (g[:, -1] > 0).all()
+    feats = m.forward_intermediates(torch.randn(1, 3, 37, 35), intermediates_only=True)
+    assert [tuple(f.shape[2:]) for f in feats] == [(10, 9), (5, 5), (3, 3), (2, 2)]
 
 
 def test_errors():

@@ -198,3 +198,20 @@ def test_features_only_reductions(name):
         shapes = [tuple(f.shape) for f in picked(x)]
     assert shapes == [(2, c, 32 // r, 32 // r) for c, r in
                       zip(picked.feature_info.channels(), (4, 8, 16, 32))]
+
+
+@pytest.mark.parametrize("name", _marked(ALL))
+def test_layer_decay_groups_every_parameter(name):
+    """``create_optimizer_v2(layer_decay=...)`` goes through ``group_matcher``: every parameter lands
+    in exactly one group, the scales grade with depth, and the classifier keeps the full rate."""
+    from timm.optim import create_optimizer_v2
+
+    model = _build_cheap(name)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    scales = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    assert len(set(scales.values())) > 2, name
+    head = model.get_classifier()
+    assert all(scales[id(p)] == 1.0 for p in head.parameters())
+    assert min(scales.values()) < 0.75**2

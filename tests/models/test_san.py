@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from acmix.models.acmix_san import PAPER_FIGURES, SAM, SAN, checkpoint_filter_fn
 from acmix.ops.patchwise import patchwise_aggregation_reference
-from helpers import randomize_
+from helpers import input_gradient, randomize_
 
 SMALL = dict(layers=(1, 1, 1, 1, 1), kernels=(3, 7, 7, 7, 7), widths=(32, 32, 64, 64, 128), stem_chs=16)
 
@@ -96,6 +96,17 @@ def test_features():
     assert [f["reduction"] for f in m.feature_info] == [4, 8, 16, 32]
     feats = m.forward_intermediates(torch.randn(1, 3, 64, 64), intermediates_only=True)
     assert [tuple(f.shape) for f in feats] == [(1, 32, 16, 16), (1, 64, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]
+
+
+@pytest.mark.parametrize("acmix", [False, True])
+def test_odd_sizes_are_pooled_not_cropped(acmix):
+    """The 2x2 pools keep a last odd row / column (ceil mode): it reaches the output."""
+    torch.manual_seed(0)
+    m = SAN(**SMALL, acmix=acmix, num_classes=3).eval()
+    g = input_gradient(m, 33, 35)
+    assert g[-1].sum() > 0 and g[:, -1].sum() > 0
+    feats = m.forward_intermediates(torch.randn(1, 3, 33, 35), intermediates_only=True)
+    assert [tuple(f.shape[2:]) for f in feats] == [(9, 9), (5, 5), (3, 3), (2, 2)]
 
 
 def _to_authors(sd: dict) -> dict:

@@ -40,12 +40,19 @@ def _region_ids(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
 def _authors_block(blk: SwinACmixBlock, x: torch.Tensor) -> torch.Tensor:
     """The authors' Swin-ACmix block written out: qkv on the whole rolled map, conv path through
     their reshapes, window attention one window at a time, ``rate1 * att + rate2 * conv``."""
-    attn, ws, shift = blk.attn, blk.window_size, blk.shift_size
-    b, h, w, c = x.shape
+    x = x + _authors_attention_step(blk, blk.norm1(x))
+    return x + blk.mlp(blk.norm2(x))
+
+
+def _authors_attention_step(blk: SwinACmixBlock, y: torch.Tensor, roll: bool = True) -> torch.Tensor:
+    """Roll, the authors' ACmix attention on the whole map (a multiple of the window), roll back
+    (``roll=False``: ``y`` is rolled already and stays so; the shifted-window mask is applied either way)."""
+    attn, ws, shift = blk.attn, blk.window_size[0], blk.shift_size[0]  # timm's block keeps (h, w) pairs
+    b, h, w, c = y.shape
     heads = attn.num_heads
     hd, n = c // heads, ws * ws
-    y = blk.norm1(x)
-    if shift:
+    x = y
+    if shift and roll:
         y = torch.roll(y, (-shift, -shift), (1, 2))
     qkv = F.linear(y, attn.qkv.weight, attn.qkv.bias)
     f_all = qkv.reshape(b, h * w, 3 * heads, hd).permute(0, 2, 1, 3)
@@ -69,10 +76,9 @@ def _authors_block(blk: SwinACmixBlock, x: torch.Tensor) -> torch.Tensor:
             o = (logits.softmax(-1) @ t[2]).transpose(1, 2).reshape(b, n, c)
             att[:, rows, cols] = F.linear(o, attn.proj.weight, attn.proj.bias).reshape(b, ws, ws, c)
     y = attn.rate1 * att + attn.rate2 * out_conv
-    if shift:
+    if shift and roll:
         y = torch.roll(y, (shift, shift), (1, 2))
-    x = x + y
-    return x + blk.mlp(blk.norm2(x))
+    return y
 
 
 @pytest.mark.parametrize("shift", [0, 3])
@@ -81,6 +87,31 @@ def test_block_follows_the_authors_forward_order(shift):
     randomize_(blk, seed=shift)
     x = torch.randn(2, 14, 21, 16, dtype=torch.float64)
     torch.testing.assert_close(blk(x), _authors_block(blk, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("size", [(10, 17), (15, 9)])
+def test_maps_off_the_window_grid_are_padded_then_rolled(size):
+    """Off the window grid the block zero-pads after ``norm1`` and then rolls: its attention step is
+    the authors' step on the padded map, cropped.  timm's order (roll, then pad) differs there, and
+    the two orders agree on the grid (every stage at 224x224)."""
+    blk = randomize_(SwinACmixBlock(16, 2, window_size=7, shift_size=3, dtype=torch.float64), seed=5)
+
+    def both_orders(y):
+        h, w = y.shape[1:3]
+        pad = (0, 0, 0, (-w) % 7, 0, (-h) % 7)
+        pad_then_roll = _authors_attention_step(blk, F.pad(y, pad))[:, :h, :w]
+        rolled = F.pad(torch.roll(y, (-3, -3), (1, 2)), pad)
+        roll_then_pad = torch.roll(_authors_attention_step(blk, rolled, roll=False)[:, :h, :w], (3, 3), (1, 2))
+        return pad_then_roll, roll_then_pad
+
+    y = torch.randn(2, *size, 16, dtype=torch.float64)
+    pad_then_roll, roll_then_pad = both_orders(y)
+    torch.testing.assert_close(blk._attn(y), pad_then_roll, rtol=1e-10, atol=1e-10)
+    assert (pad_then_roll - roll_then_pad).abs().max() > 1e-3
+    on_grid = torch.randn(1, 14, 21, 16, dtype=torch.float64)
+    a, b = both_orders(on_grid)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(blk._attn(on_grid), a, rtol=1e-10, atol=1e-10)
 
 
 def test_attention_only_swin_equals_timm_swin(tmp_path):

@@ -177,7 +177,7 @@ def test_dispatcher_choices_and_context():
             assert resolve_backend(x, layer.config) is Backend.EAGER
         assert resolve_backend(x, layer.config) is Backend.REFERENCE
     assert resolve_backend(x, layer.config, "eager") is Backend.EAGER
-    with pytest.raises(ValueError, match="backend='compiled' runs float32/float64 CPU tensors"):
+    with pytest.raises(ValueError, match="backend='cpu_kernel' runs float32/float64 CPU tensors"):
         resolve_backend(x.half(), layer.config, Backend.COMPILED)
     with pytest.raises(ValueError, match="backend='gpu' is not one of"), use_backend("gpu"):
         pass

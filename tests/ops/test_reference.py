@@ -20,7 +20,7 @@ def _reflect(i: int, n: int) -> int:
 
 
 def brute_force(layer, x):
-    """ACmix written pixel by pixel from SPEC section 1 (tiny shapes only)."""
+    """ACmix written pixel by pixel from docs/operator.md (tiny shapes only)."""
     cfg = layer.config
     w = layer.weights()
     b, _, h, wd = x.shape

@@ -25,13 +25,14 @@ from typing import Any
 
 import timm
 
-from .ablation_model import ablation_model_name
 from .macs import count_macs
 from .rates import extract_rates, write_rates
 from .report import pyplot, write_table
 
-__all__ = ["DEFAULT_RECIPE", "QUICK_RECIPE", "VARIANTS", "run_ablation", "summarize", "verdicts", "write_report"]
+__all__ = ["DEFAULT_RECIPE", "MODEL", "QUICK_RECIPE", "VARIANTS", "run_ablation", "summarize", "verdicts",
+           "write_report"]
 
+MODEL = "acmix_resnet_tiny"  # takes the combination= and shift= switches of every ACmix layer
 # name -> (table, combination, shift); "grouped" shares the "learned" runs
 VARIANTS: dict[str, tuple[str, str, str]] = {
     "learned": ("combination", "learned", "grouped"),
@@ -109,7 +110,7 @@ def run_ablation(out: str | Path, *, variants: Sequence[str] = tuple(VARIANTS), 
     recipe = _recipe(quick, overrides)
     if train:
         _check_recipe(out, recipe)
-    name = ablation_model_name()
+    name = MODEL
     results, durations = [], []
     for i, (variant, seed) in enumerate(plan):
         _, combination, shift = VARIANTS[variant]

@@ -2,7 +2,7 @@
 
 FLOP counters (``FlopCounterMode``, fvcore, thop, ptflops) count matmuls and
 convolutions but give 0 for attention written as multiply + sum over windows
-(SPEC section 2).  ``count_macs`` therefore adds, for every module that
+(docs/fast-paths.md).  ``count_macs`` therefore adds, for every module that
 defines ``uncounted_macs(inputs, output) -> int``, the MACs its elementwise
 work costs, computed analytically from the shapes it saw.  The model runs on
 the reference backend so the count does not depend on which fast path is

@@ -3,12 +3,14 @@
 Everything is measured in one process, in interleaved rounds (each round runs
 every implementation once, in a rotating order), and reported as medians and as
 ratios to the convolution measured alongside, because these machines are
-shared and noisy.  Peak memory is the largest amount of tensor memory alive
-during one forward+backward (the upstream gradient of the output included)
-beyond what existed before it: on CUDA from the
-caching allocator's counters, on CPU by tracking every tensor an operator
-allocates (a ``TorchDispatchMode``; views and in-place results are not new
-memory).
+shared and noisy.  The convolution runs in both memory formats (contiguous and
+channels_last, whose input is converted once, outside the timing); the faster
+one by forward+backward is the row's baseline, and both are in the JSON.  On
+CUDA the time is taken with CUDA events and bfloat16/float16 run under autocast
+(float32 weights), and the default dispatch (``auto``) is timed next to ``eager``.
+Peak memory is the largest amount of tensor memory alive during one
+forward+backward (the upstream gradient of the output included) beyond what
+existed before it (see :mod:`acmix.analysis.timing`).
 
 Run ``python benchmarks/op_bench.py`` (or ``make bench``); ``--help`` lists options.
 """
@@ -16,198 +18,175 @@ Run ``python benchmarks/op_bench.py`` (or ``make bench``); ``--help`` lists opti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from ..nn import ACmix
-from ..ops import Backend, acmix, acmix_unfold, native
+from ..ops import Backend, acmix, acmix_unfold, native, resolve_backend
+from ..ops.config import ACmixConfig, check_positive
+from .timing import DTYPES, PeakMemory, autocast, check_device, check_precision, peak_bytes, time_ms
 
 __all__ = ["PeakMemory", "main", "run"]
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+CONVS = ("conv3x3", "conv3x3_cl")
 
 
-class PeakMemory(TorchDispatchMode):
-    """Peak bytes of tensors allocated by operators while active (CPU or any device)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, list[int]] = {}
-        self.current = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        returns = func._schema.returns
-        for i, t in enumerate(tree_flatten(out)[0]):
-            aliased = i < len(returns) and returns[i].alias_info is not None
-            if isinstance(t, Tensor) and not aliased:
-                self._track(t)
-        return out
-
-    def _track(self, t: Tensor) -> None:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr == 0:
-            return
-        entry = self.live.get(ptr)
-        if entry is None:
-            entry = self.live[ptr] = [storage.nbytes(), 0]
-            self.current += entry[0]
-            self.peak = max(self.peak, self.current)
-        entry[1] += 1
-        weakref.finalize(t, self._release, ptr)
-
-    def _release(self, ptr: int) -> None:
-        entry = self.live.get(ptr)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[ptr]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    with PeakMemory() as tracker:
-        fn()
-    return tracker.peak
-
-
-def _implementations(c: int, stride: int, device: torch.device, dtype: torch.dtype,
-                     include_unfold: bool) -> dict[str, Callable[[Tensor], Tensor]]:
+def _implementations(c: int, stride: int, device: torch.device, dtype: torch.dtype, amp: bool,
+                     include_unfold: bool) -> tuple[dict[str, Callable[[Tensor], Tensor]], ACmixConfig]:
     dd = {"device": device, "dtype": dtype}
     conv = nn.Conv2d(c, c, 3, stride=stride, padding=1, **dd)
+    conv_cl = nn.Conv2d(c, c, 3, stride=stride, padding=1, **dd).to(memory_format=torch.channels_last)
+    conv_cl.load_state_dict(conv.state_dict())
     stage1 = nn.Conv2d(c, 3 * c, 1, **dd)  # the three 1x1 convs, as one
     layer = ACmix(c, c, stride=stride, **dd)
     impls: dict[str, Callable[[Tensor], Tensor]] = {
         "conv3x3": conv,
+        "conv3x3_cl": conv_cl,  # its input is channels_last too (see run)
         "stage1": stage1,
         "eager": lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.EAGER),
     }
-    if device.type == "cpu" and dtype in (torch.float32, torch.float64) and native.available():
+    if device.type == "cuda":  # the default dispatch, whatever it picks on this GPU, next to eager
+        impls["auto"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.AUTO)
+    if device.type == "cpu" and dtype in (torch.float32, torch.float64) and not amp and native.available():
         impls["compiled"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.COMPILED)
     if include_unfold:
         impls["unfold"] = lambda x: acmix_unfold(x, layer.weights(), layer.config)
-    return impls
+    return impls, layer.config
 
 
-def _time(fn: Callable[[], None], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - start) * 1e3
+def check_options(*, batch: int, shapes, strides, rounds: int, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | str = torch.float32, amp: bool = False,
+                  threads: int | None = None) -> tuple[torch.device, torch.dtype, bool]:
+    """Device, dtype and autocast flag of a run; a one-line ``ValueError`` for any bad option.
+
+    On CUDA, bfloat16 and float16 always run under autocast (float32 weights, as in training).
+    """
+    check_positive(batch, "batch")
+    check_positive(rounds, "rounds")
+    for s in strides:
+        check_positive(s, "stride")
+    if not shapes or not strides:
+        raise ValueError("nothing to run: no shapes or no strides given")
+    for c, hw in shapes:
+        check_positive(c, "channels")
+        check_positive(hw, "size")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise ValueError(f"threads must be an int >= 0, got {threads!r}")
+    dev = check_device(device)
+    amp = amp or (dev.type == "cuda" and str(dtype).replace("torch.", "") in ("bfloat16", "float16"))
+    return dev, check_precision(dev, dtype, amp), amp
 
 
 def run(*, batch: int = 8, shapes=SHAPES, strides=(1, 2), rounds: int = 5, device: str = "cpu",
         dtype: torch.dtype = torch.float32, include_unfold: bool = True, threads: int | None = 2,
         amp: bool = False) -> list[dict]:
-    dev = torch.device(device)
+    """One row per (shape, stride): medians, ratios to the faster convolution format and peak memory of each
+    implementation; printed as it goes."""
+    dev, dtype, amp = check_options(batch=batch, shapes=shapes, strides=strides, rounds=rounds, device=device,
+                                    dtype=dtype, amp=amp, threads=threads)
     if threads and dev.type == "cpu":
         torch.set_num_threads(threads)
+    cudnn = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # the convolutions at their best (cuDNN picks during the warm-up)
+    try:
+        return _run(batch, shapes, strides, rounds, dev, dtype, amp, include_unfold)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn
+
+
+def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: torch.dtype, amp: bool,
+         include_unfold: bool) -> list[dict]:
     results = []
     for c, hw in shapes:
         for stride in strides:
-            impls = _implementations(c, stride, dev, dtype if not amp else torch.float32, include_unfold)
+            impls, cfg = _implementations(c, stride, dev, dtype if not amp else torch.float32, amp, include_unfold)
             x = torch.randn(batch, c, hw, hw, device=dev, dtype=dtype if not amp else torch.float32,
                             requires_grad=True)
-            ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if amp else _null
+            x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+            inputs = {name: x_cl if name == "conv3x3_cl" else x for name in impls}
+            ctx = functools.partial(autocast, dev, dtype if amp else None)
 
-            def fwd(f, x=x, ctx=ctx):
+            def fwd(name, ctx=ctx, impls=impls, inputs=inputs):
                 with torch.no_grad(), ctx():
-                    f(x)
+                    impls[name](inputs[name])
 
-            def fwd_bwd(f, x=x, ctx=ctx):
+            def fwd_bwd(name, ctx=ctx, impls=impls, inputs=inputs):
+                xi = inputs[name]
                 with ctx():
-                    out = f(x)
+                    out = impls[name](xi)
                 out.backward(torch.ones_like(out))  # a full upstream gradient, as inside a network (values immaterial)
-                x.grad = None
+                xi.grad = None
 
             first = {}
-            for name, f in impls.items():  # warm-up; the first compiled call includes its build
-                first[name] = _time(lambda f=f: fwd_bwd(f), dev)
+            for name in impls:  # warm-up; the first compiled call includes its build
+                first[name] = time_ms(lambda name=name: fwd_bwd(name), dev)
             times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in impls}
             names = list(impls)
             for r in range(rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for name in order:
-                    f = impls[name]
                     if name == "unfold" and r >= max(2, rounds // 2):
                         continue  # slow: fewer rounds suffice for a 10-100x gap
-                    times[name]["fwd"].append(_time(lambda f=f: fwd(f), dev))
-                    times[name]["fwd_bwd"].append(_time(lambda f=f: fwd_bwd(f), dev))
-            mem = {name: _peak_bytes(lambda f=f: fwd_bwd(f), dev) for name, f in impls.items()}
+                    times[name]["fwd"].append(time_ms(lambda name=name: fwd(name), dev))
+                    times[name]["fwd_bwd"].append(time_ms(lambda name=name: fwd_bwd(name), dev))
+            mem = {name: peak_bytes(lambda name=name: fwd_bwd(name), dev) for name in impls}
+            med = {n: {k: statistics.median(times[n][k]) for k in ("fwd", "fwd_bwd")} for n in impls}
+            baseline = min(CONVS, key=lambda n: med[n]["fwd_bwd"])
             row = {"channels": c, "size": hw, "stride": stride, "batch": batch, "device": str(dev),
-                   "dtype": str(dtype).replace("torch.", ""), "amp": amp, "impl": {}}
-            base = {k: statistics.median(times["conv3x3"][k]) for k in ("fwd", "fwd_bwd")}
+                   "dtype": str(dtype).replace("torch.", ""), "amp": amp, "baseline": baseline, "impl": {}}
+            if dev.type == "cuda":
+                with ctx():
+                    row["auto_backend"] = resolve_backend(x, cfg, Backend.AUTO).value
+            base = med[baseline]
             for name in impls:
-                med = {k: statistics.median(times[name][k]) for k in ("fwd", "fwd_bwd")}
                 row["impl"][name] = {
-                    "fwd_ms": med["fwd"], "fwd_bwd_ms": med["fwd_bwd"], "first_call_ms": first[name],
+                    "fwd_ms": med[name]["fwd"], "fwd_bwd_ms": med[name]["fwd_bwd"], "first_call_ms": first[name],
                     "peak_mb": mem[name] / 2**20,
-                    "fwd_ratio": med["fwd"] / base["fwd"], "fwd_bwd_ratio": med["fwd_bwd"] / base["fwd_bwd"],
-                    "mem_ratio": mem[name] / max(mem["conv3x3"], 1),
+                    "fwd_ratio": med[name]["fwd"] / base["fwd"],
+                    "fwd_bwd_ratio": med[name]["fwd_bwd"] / base["fwd_bwd"],
+                    "mem_ratio": mem[name] / max(mem[baseline], 1),
                 }
             results.append(row)
             _print_row(row)
     return results
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _print_row(row: dict) -> None:
     head = f"C={row['channels']} {row['size']}x{row['size']} s={row['stride']} b={row['batch']}"
-    print(f"\n{head}  ({row['device']}, {row['dtype']}{', autocast' if row['amp'] else ''})")
-    print(f"  {'impl':<9} {'fwd ms':>9} {'x conv':>7} {'f+b ms':>9} {'x conv':>7} {'peak MB':>8} {'x conv':>7}"
+    auto = f"; auto -> {row['auto_backend']}" if "auto_backend" in row else ""
+    print(f"\n{head}  ({row['device']}, {row['dtype']}{', autocast' if row['amp'] else ''}; "
+          f"x conv: vs {row['baseline']}{auto})")
+    print(f"  {'impl':<10} {'fwd ms':>9} {'x conv':>7} {'f+b ms':>9} {'x conv':>7} {'peak MB':>8} {'x conv':>7}"
           f" {'1st call ms':>11}")
     for name, r in row["impl"].items():
-        print(f"  {name:<9} {r['fwd_ms']:9.2f} {r['fwd_ratio']:7.2f} {r['fwd_bwd_ms']:9.2f} "
+        print(f"  {name:<10} {r['fwd_ms']:9.2f} {r['fwd_ratio']:7.2f} {r['fwd_bwd_ms']:9.2f} "
               f"{r['fwd_bwd_ratio']:7.2f} {r['peak_mb']:8.1f} {r['mem_ratio']:7.2f} {r['first_call_ms']:11.1f}")
     impl = row["impl"]
     if "unfold" in impl:
-        for name in ("eager", "compiled"):
+        for name in ("eager", "auto", "compiled"):
             if name in impl:
                 speedup = impl["unfold"]["fwd_bwd_ms"] / impl[name]["fwd_bwd_ms"]
                 print(f"  {name} is {speedup:.1f}x faster than unfold (fwd+bwd)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="op_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=None, help="default 32 on CUDA, 8 on the CPU")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    parser.add_argument("--amp", action="store_true", help="fp32 weights, autocast to --dtype")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                        help="on CUDA bfloat16/float16 run under autocast; float16 needs CUDA")
+    parser.add_argument("--amp", action="store_true", help="fp32 weights, autocast to --dtype (implied on CUDA)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-unfold", action="store_true", help="skip the authors' unfold algorithm")
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2])
@@ -215,12 +194,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="stage indices 1-4 to run (default all)")
     parser.add_argument("--fresh-build", action="store_true",
                         help="build the C++ kernel in an empty cache to time a first compile")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/op_bench.json"))
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default benchmarks/results/op_bench_{cpu,cuda}.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        bad = [i for i in args.sizes or () if not 1 <= i <= len(SHAPES)]
+        if bad:
+            raise ValueError(f"--sizes takes stage indices 1-{len(SHAPES)}, got {bad[0]}")
+        shapes = SHAPES if args.sizes is None else [SHAPES[i - 1] for i in args.sizes]
+        dev = check_device(args.device)
+        batch = args.batch if args.batch is not None else 32 if dev.type == "cuda" else 8
+        check_options(batch=batch, shapes=shapes, strides=args.strides, rounds=args.rounds, device=dev,
+                      dtype=args.dtype, amp=args.amp, threads=args.threads)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     dtype = getattr(torch, args.dtype)
-    shapes = SHAPES if args.sizes is None else [SHAPES[i - 1] for i in args.sizes]
     build = None
-    if args.device == "cpu":
+    if dev.type == "cpu":
         if args.fresh_build:  # an empty extension cache: time a first compile, as on a fresh machine
             os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="acmix_ext_")
         start = time.perf_counter()
@@ -229,13 +224,18 @@ def main(argv: list[str] | None = None) -> None:
         what = "compile from scratch" if args.fresh_build else "compile, or load from the on-disk cache"
         print(f"compiled CPU kernel: {'available' if native.available() else 'unavailable'}; "
               f"first load {build:.1f} s ({what}); shapes never trigger a rebuild")
-    results = run(batch=args.batch, shapes=shapes, strides=tuple(args.strides), rounds=args.rounds,
-                  device=args.device, dtype=dtype, include_unfold=not args.no_unfold, threads=args.threads,
+    else:
+        print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
+    results = run(batch=batch, shapes=shapes, strides=tuple(args.strides), rounds=args.rounds,
+                  device=str(dev), dtype=dtype, include_unfold=not args.no_unfold, threads=args.threads,
                   amp=args.amp)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    out = args.json or Path(f"benchmarks/results/op_bench_{dev.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"torch": torch.__version__, "threads": args.threads, "kernel_load_s": build, "results": results}
-    args.json.write_text(json.dumps(payload, indent=2))
-    print(f"\nwrote {args.json}")
+    if dev.type == "cuda":
+        payload["gpu"] = torch.cuda.get_device_name(dev)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ its baseline.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from ..nn import ACmix
 from ..ops.config import ShiftMode
+from .timing import check_device, time_ms
 
 __all__ = ["FAMILY_PAIRS", "STAGE_SHAPES", "family_speed", "pair_ratios", "shift_speed"]
 
@@ -29,16 +29,11 @@ FAMILY_PAIRS = (("acmix_resnet50", "conv_resnet50"), ("acmix_resnet50", "sasa_re
                 ("acmix_swin_tiny", "conv_swin_tiny"))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def shift_speed(*, shapes: Sequence[tuple[int, int]] = STAGE_SHAPES, modes: Sequence[str] = SHIFT_MODES,
                 batch: int = 8, rounds: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32,
                 seed: int = 0) -> list[dict[str, Any]]:
     """One row per (shape, mode): median forward and forward+backward ms, images/s, ratio to ``grouped``."""
-    dev = torch.device(device)
+    dev = check_device(device)
     rows = []
     for c, hw in shapes:
         torch.manual_seed(seed)
@@ -48,16 +43,9 @@ def shift_speed(*, shapes: Sequence[tuple[int, int]] = STAGE_SHAPES, modes: Sequ
         for r in range(rounds + 1):  # round 0 warms up
             for m in modes[r % len(modes):] + modes[: r % len(modes)]:
                 for kind in ("fwd", "fwd_bwd"):
-                    _sync(dev)
-                    start = time.perf_counter()
-                    if kind == "fwd":
-                        with torch.no_grad():
-                            layers[m](x)
-                    else:
-                        layers[m](x).sum().backward()
-                    _sync(dev)
+                    ms = time_ms(lambda layer=layers[m], x=x, kind=kind: _step(layer, x, kind), dev)
                     if r:
-                        times[m][kind].append((time.perf_counter() - start) * 1e3)
+                        times[m][kind].append(ms)
         med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}
         base = med.get("grouped")
         for m in modes:
@@ -68,6 +56,14 @@ def shift_speed(*, shapes: Sequence[tuple[int, int]] = STAGE_SHAPES, modes: Sequ
                 row["fwd_bwd_vs_grouped"] = med[m]["fwd_bwd"] / base["fwd_bwd"]
             rows.append(row)
     return rows
+
+
+def _step(layer: ACmix, x: torch.Tensor, kind: str) -> None:
+    if kind == "fwd":
+        with torch.no_grad():
+            layer(x)
+    else:
+        layer(x).sum().backward()
 
 
 def family_speed(names: Sequence[str] | None = None, **bench_kwargs: Any) -> list[dict[str, Any]]:

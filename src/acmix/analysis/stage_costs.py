@@ -18,7 +18,6 @@ the one 1x1 projection convolution, the whole layer as the library's forward.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..nn import ACmix
+from .timing import check_device, time_ms
 
 __all__ = ["OPERATORS", "Layer", "layer_costs", "measure_time_share", "model_layers", "resnet50_layers",
            "stage_table", "total_costs"]
@@ -188,19 +188,8 @@ def _shift_sum(y: Tensor, k: int, stride: int, out_hw: tuple[int, int]) -> Tenso
 
 
 def _median_ms(fn: Callable[[], Any], rounds: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     fn()  # warm-up
-    times = []
-    for _ in range(rounds):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_ms(fn, device) for _ in range(rounds))
 
 
 @torch.no_grad()
@@ -212,7 +201,7 @@ def measure_time_share(layers: Sequence[Layer], *, batch: int = 8, rounds: int =
     Self-attention and ACmix: Stage I is one 1x1 convolution to ``3*C_out``; the whole layer is
     :class:`acmix.ACmix` (``combination='attention'`` for self-attention) on the default backend.
     """
-    dev = torch.device(device)
+    dev = check_device(device)
     dd = {"device": dev, "dtype": dtype}
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shares: dict[str, dict[str, float]] = {}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from acmix.cli import paper
+from acmix.cli import bench_models, paper
 
 __all__ = ["build_parser", "main"]
 
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the operator benchmark (benchmarks/op_bench.py); options after --",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench_models.add_parser(sub)
     p = sub.add_parser("convert-swin", help="an authors' Swin-ACmix file (training dict) to a bare state dict")
     p.add_argument("source")
     p.add_argument("output", help=".pth, or .safetensors")
@@ -187,12 +188,12 @@ def cmd_convert_swin(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "presets": cmd_presets,
-                "showcase": cmd_showcase, "bench": cmd_bench, "convert-swin": cmd_convert_swin, "paper": paper.run}
+                "showcase": cmd_showcase, "bench": cmd_bench, "convert-swin": cmd_convert_swin}
     from acmix.train.data import DataError
 
     start = time.perf_counter()
     try:
-        code = commands[args.command](args)
+        code = commands.get(args.command, getattr(args, "handler", None))(args)
     except (DataError, ValueError, FileNotFoundError) as e:
         if os.environ.get("ACMIX_DEBUG"):
             raise

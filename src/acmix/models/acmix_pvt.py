@@ -8,11 +8,14 @@ Papers:
   (https://arxiv.org/abs/2111.14556), for PVT-ACmix.
 
 PVT v1: four stages with non-overlapping patch embeddings (4, 2, 2, 2; conv +
-LayerNorm), absolute position embeddings per stage (resized bilinearly for
-other input sizes, so any multiple of 32 works), a class token in stage 4,
+LayerNorm; a size that is not a multiple of the patch is zero-padded, never
+cropped), absolute position embeddings per stage (resized bilinearly for
+other input sizes), a class token in stage 4,
 dims [64, 128, 320, 512], heads [1, 2, 5, 8], MLP ratios [8, 8, 4, 4],
 spatial-reduction ratios [8, 4, 2, 1], depths Tiny [2, 2, 2, 2] / Small
-[3, 4, 6, 3], pre-norm blocks, LayerNorm eps 1e-6, qkv bias, final LayerNorm
+[3, 4, 6, 3], pre-norm blocks, LayerNorm eps 1e-6 in the blocks and the final
+norm (1e-5, LayerNorm's default, in the patch embeddings and the spatial
+reduction, as PVT v1's reference), qkv bias, final LayerNorm
 and the class token as classifier input.  The attention is
 :func:`acmix.ops.spatial_reduction.spatial_reduction_attention`.
 
@@ -56,9 +59,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
-from ..ops.config import check_positive
-from ..ops.functional import shift_conv
+from ..nn.parts import ConvPathMixer, resolve_combination
+from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
 
 __all__ = ["PAPER_FIGURES", "PyramidVisionTransformerV1", "SRAttention", "checkpoint_filter_fn"]
@@ -72,50 +74,44 @@ PAPER_FIGURES: dict[str, dict] = {
 }
 
 
-class SRAttention(nn.Module):
+class SRAttention(ConvPathMixer):
     """Spatial-reduction attention (PVT v1), optionally with ACmix's convolution path.
 
     ``forward(x, size)`` takes ``(B, P + H*W, C)`` tokens (``P`` prefix tokens in
-    front, only with ``sr_ratio == 1``) and returns the same shape.
+    front, only with ``sr_ratio == 1``) and returns the same shape.  ``norm_eps`` is
+    the spatial-reduction LayerNorm's (PVT v1 keeps LayerNorm's default 1e-5 there;
+    its blocks use 1e-6).  ``acmix=True`` is ``combination="learned"``; ``combination``
+    and ``shift`` are the paper's ablation switches (:class:`acmix.nn.parts.ConvPathMixer`;
+    ``"conv"`` keeps the projections the convolution path reads and drops ``proj``).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, *, sr_ratio: int = 1, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-6, acmix: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-5, acmix: bool = False,
+                 combination: Combination | str | None = None, shift: ShiftMode | str = ShiftMode.GROUPED,
                  kernel_conv: int = 3, rates: tuple[float, float] = (0.5, 0.5),
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        for value, name in ((dim, "dim"), (num_heads, "num_heads"), (sr_ratio, "sr_ratio"),
-                            (kernel_conv, "kernel_conv")):
+        for value, name in ((dim, "dim"), (num_heads, "num_heads"), (sr_ratio, "sr_ratio")):
             check_positive(value, name)
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        if kernel_conv % 2 == 0:
-            raise ValueError(f"kernel_conv must be odd, got {kernel_conv}")
         dd = {"device": device, "dtype": dtype}
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.sr_ratio, self.norm_eps, self.acmix, self.kernel_conv = sr_ratio, norm_eps, acmix, kernel_conv
-        self.rates = (float(rates[0]), float(rates[1]))
+        self.sr_ratio, self.norm_eps = sr_ratio, norm_eps
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim, **dd)
+        self._init_conv_path(pieces=3 * num_heads, head_dim=self.head_dim, out_channels=dim,
+                             kernel_conv=kernel_conv, combination=resolve_combination(acmix, combination),
+                             shift=shift, rates=rates, **dd)
+        self.acmix = self.has_conv
+        if self.has_attention:
+            self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, **dd)
             self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
-        if acmix:
-            add_conv_path(self, pieces=3 * num_heads, head_dim=self.head_dim, out_channels=dim,
-                          kernel_conv=kernel_conv, **dd)
-            add_rates(self, **dd)
-            self.reset_acmix_parameters()
-
-    @torch.no_grad()
-    def reset_acmix_parameters(self) -> None:
-        """Shift init of ``dep_conv`` and the rates; a no-op without ACmix."""
-        if not self.acmix:
-            return
-        shift_init_(self.dep_conv.weight)
-        reset_rates(self, self.rates)
+        self.reset_conv_path()
 
     def weights(self) -> SRAWeights:
         sr, norm = getattr(self, "sr", None), getattr(self, "norm", None)
@@ -137,25 +133,25 @@ class SRAttention(nn.Module):
             t = t.transpose(-1, -2).reshape(b * heads, hd, h // self.sr_ratio, w // self.sr_ratio)
             return F.interpolate(t, size=(h, w), mode="nearest").reshape(b, heads, hd, h, w)
 
-        pieces = torch.cat([full(q), upsampled(k), upsampled(v)], 1)
-        out = shift_conv(pieces, self.fc.weight, self.dep_conv.weight, self.dep_conv.bias,
-                         kernel_conv=self.kernel_conv, out_channels=self.dim)
+        out = self.shift_conv(torch.cat([full(q), upsampled(k), upsampled(v)], 1))
         return out.flatten(2).transpose(1, 2)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         q, k, v = sra_project(x, size, self.weights(), heads=self.num_heads, sr_ratio=self.sr_ratio,
                               eps=self.norm_eps)
-        out = self.proj(sra_attend(q, k, v, dropout_p=self.attn_drop if self.training else 0.0))
-        if self.acmix:
+        att = conv = None
+        if self.has_attention:
+            att = self.proj(sra_attend(q, k, v, dropout_p=self.attn_drop if self.training else 0.0))
+        if self.has_conv:
             conv = self.conv_path(q, k, v, size)
             prefix = x.shape[1] - size[0] * size[1]
             if prefix:  # prefix tokens (the class token) have no convolution term
                 conv = F.pad(conv, (0, 0, prefix, 0))
-            out = self.rate1 * out + self.rate2 * conv
-        return self.proj_drop(out)
+        return self.proj_drop(self.combine(att, conv))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}, acmix={self.acmix}"
+        return (f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}, "
+                f"combination={self.combination.value}, shift={self.shift.value}")
 
 
 class Block(nn.Module):
@@ -163,12 +159,14 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, sr_ratio: int = 1,
                  qkv_bias: bool = True, proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6, acmix: bool = False, device=None, dtype=None) -> None:
+                 norm_eps: float = 1e-6, acmix: bool = False, combination: Combination | str | None = None,
+                 shift: ShiftMode | str = ShiftMode.GROUPED, device=None, dtype=None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        # the spatial-reduction norm keeps LayerNorm's default eps (PVT v1), not the blocks' norm_eps
         self.attn = SRAttention(dim, num_heads, sr_ratio=sr_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                proj_drop=proj_drop, norm_eps=norm_eps, acmix=acmix, **dd)
+                                proj_drop=proj_drop, acmix=acmix, combination=combination, shift=shift, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, **dd)
@@ -180,7 +178,10 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch embedding: conv ``patch x patch`` / ``patch``, then LayerNorm."""
+    """Non-overlapping patch embedding: conv ``patch x patch`` / ``patch``, then LayerNorm.
+
+    A size that is not a multiple of the patch is zero-padded at the bottom / right to the next one.
+    """
 
     def __init__(self, in_chs: int, dim: int, patch_size: int, *, norm_eps: float = 1e-5, device=None,
                  dtype=None) -> None:
@@ -190,6 +191,10 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        p = self.proj.stride[0]
+        h, w = x.shape[-2:]
+        if h % p or w % p:  # zero-pad the bottom / right (as the Swin and ResNet families), never crop
+            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
         x = self.proj(x)
         size = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), size
@@ -202,6 +207,7 @@ class PVTStage(nn.Module):
                  num_heads: int, mlp_ratio: float, sr_ratio: int, num_prefix_tokens: int = 0,
                  qkv_bias: bool = True, proj_drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: Sequence[float] = (), norm_eps: float = 1e-6, acmix: bool = False,
+                 combination: Combination | str | None = None, shift: ShiftMode | str = ShiftMode.GROUPED,
                  device=None, dtype=None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
@@ -213,7 +219,8 @@ class PVTStage(nn.Module):
         dpr = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList([
             Block(dim, num_heads, mlp_ratio=mlp_ratio, sr_ratio=sr_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop,
-                  attn_drop=attn_drop, drop_path=dpr[i], norm_eps=norm_eps, acmix=acmix, **dd)
+                  attn_drop=attn_drop, drop_path=dpr[i], norm_eps=norm_eps, acmix=acmix,
+                  combination=combination, shift=shift, **dd)
             for i in range(depth)])
 
     def position_embedding(self, size: tuple[int, int]) -> Tensor:
@@ -246,7 +253,10 @@ class PyramidVisionTransformerV1(nn.Module):
         img_size: the input size the position embeddings are stored for (others are resized to).
         patch_sizes, embed_dims, num_heads, mlp_ratios, sr_ratios, depths: per stage.
         global_pool: ``'token'`` (class token, PVT's), ``'avg'`` (mean of the patch tokens) or ``''``.
-        acmix: add ACmix's convolution path to every attention layer.
+        acmix: add ACmix's convolution path to every attention layer (``combination="learned"``).
+        combination, shift: the paper's ablation switches for every attention layer (:class:`SRAttention`).
+        norm_eps: the blocks' and the final LayerNorm's (the patch-embedding and spatial-reduction
+            norms keep LayerNorm's default 1e-5, as PVT v1).
         in_chans, num_classes, drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: as in timm.
     """
 
@@ -255,7 +265,8 @@ class PyramidVisionTransformerV1(nn.Module):
                  embed_dims: Sequence[int] = (64, 128, 320, 512), num_heads: Sequence[int] = (1, 2, 5, 8),
                  mlp_ratios: Sequence[float] = (8, 8, 4, 4), sr_ratios: Sequence[int] = (8, 4, 2, 1),
                  depths: Sequence[int] = (2, 2, 2, 2), qkv_bias: bool = True, norm_eps: float = 1e-6,
-                 acmix: bool = False, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
+                 acmix: bool = False, combination: Combination | str | None = None,
+                 shift: ShiftMode | str = ShiftMode.GROUPED, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -283,7 +294,8 @@ class PyramidVisionTransformerV1(nn.Module):
                 grid=(img[0] // reduction, img[1] // reduction), num_heads=num_heads[i],
                 mlp_ratio=mlp_ratios[i], sr_ratio=sr_ratios[i], num_prefix_tokens=1 if i == n - 1 else 0,
                 qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
-                drop_path=dpr[cur:cur + depths[i]], norm_eps=norm_eps, acmix=acmix, **dd))
+                drop_path=dpr[cur:cur + depths[i]], norm_eps=norm_eps, acmix=acmix, combination=combination,
+                shift=shift, **dd))
             prev, cur = embed_dims[i], cur + depths[i]
             self.feature_info.append(dict(num_chs=prev, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.ModuleList(stages)
@@ -308,7 +320,7 @@ class PyramidVisionTransformerV1(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, SRAttention):
-                m.reset_acmix_parameters()
+                m.reset_conv_path()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -317,8 +329,13 @@ class PyramidVisionTransformerV1(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^cls_token|^stages\.0\.(patch_embed|pos_embed)",
-                    blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)")
+        # no capture group in the stem pattern: timm turns every group into a layer ordinal
+        return dict(stem=r"^cls_token|^stages\.0\.(?:patch_embed|pos_embed)",
+                    blocks=r"^stages\.(\d+)" if coarse else [
+                        (r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,)),  # with the stage's first block
+                        (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                        (r"^norm", (99999,)),
+                    ])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -145,8 +145,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: ACmixResNet) -> dict
 
 def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[str, Any] | None = None,
                    **kwargs: Any) -> ACmixResNet:
-    """``acmix_kwargs`` go to every ACmix layer (e.g. ``backend``, ``shift``, ``combination``)."""
+    """``acmix_kwargs`` go to every ACmix layer (e.g. ``backend``, ``shift``, ``combination``).
+
+    ``combination`` and ``shift`` are also taken directly, as every family takes them.
+    """
     cfg = model_cfgs[variant]
+    switches = {k: kwargs.pop(k) for k in ("combination", "shift") if k in kwargs}
+    if switches:
+        acmix_kwargs = {**(acmix_kwargs or {}), **switches}
     if acmix_kwargs:
         if cfg.blocks[0].type != "self_attn":
             raise ValueError(f"acmix_kwargs={acmix_kwargs!r} given to {variant}, which has no ACmix layers")
@@ -175,7 +181,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({name: _cfg() for name in model_cfgs})
 
-# Published figures (SPEC section 3; conv/SASA baselines: Ramachandran et al. 2019, Tab. 1).
+# Published figures (docs/models.md; conv/SASA baselines: Ramachandran et al. 2019, Tab. 1).
 # MACs are multiply-accumulates at 224x224, the README's "FLOPs".
 PAPER_FIGURES: dict[str, dict] = {
     "acmix_resnet26": dict(params_m=10.49, params_tol=0.02, macs_g=2.3, top1=76.1),

@@ -26,7 +26,10 @@ encoding; the SAM output is ``rate1 * patchwise + rate2 * conv`` with learnable
 rates initialised to 0.5.
 
 Feature maps: the stem is at stride 1 and the stages at 2, 4, 8, 16, 32; the
-features (``features_only``) are stages 1-4, strides 4, 8, 16, 32.
+features (``features_only``) are stages 1-4, strides 4, 8, 16, 32.  Odd sizes are not
+cropped: the 2x2 pools use ``ceil_mode`` (a last odd row / column is pooled on
+its own, like the zero padding of the ResNet and Swin families), so every pixel
+reaches the output.
 
 Parameter names follow the authors' SAN after :func:`checkpoint_filter_fn`
 (``conv_in``/``bn_in`` -> ``stem.conv``/``stem.bn``, ``convI``/``layerI``/``bnI``
@@ -48,9 +51,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
-from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
-from ..ops.config import check_positive
-from ..ops.functional import shift_conv
+from ..nn.parts import ConvPathMixer, resolve_combination
+from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
 
 __all__ = ["PAPER_FIGURES", "SAM", "SAN", "SANBlock", "checkpoint_filter_fn"]
@@ -70,59 +72,51 @@ PAPER_FIGURES: dict[str, dict] = {
 }
 
 
-class SAM(nn.Module):
+class SAM(ConvPathMixer):
     """Patchwise self-attention module of SAN, optionally with ACmix's convolution path.
 
     ``(B, in_planes, H, W) -> (B, out_planes, H, W)``.  ``rel_planes`` channels
     for q and k, ``out_planes`` for v; ``out_planes`` must be a multiple of
-    ``share_planes`` and (with ``acmix``) of ``rel_planes``.
+    ``share_planes`` and (with the convolution path) of ``rel_planes``.
 
-    With ``acmix=True`` the output is ``rate1 * att + rate2 * conv``, where conv
-    is :func:`acmix.ops.shift_conv` over the ``2 + out_planes / rel_planes``
-    pieces ``[q, k, v_0, v_1, ...]`` of ``rel_planes`` channels (App. C).
+    ``acmix=True`` is ``combination="learned"``: the output is ``rate1 * att +
+    rate2 * conv``, where conv is :func:`acmix.ops.shift_conv` over the ``2 +
+    out_planes / rel_planes`` pieces ``[q, k, v_0, v_1, ...]`` of ``rel_planes``
+    channels (App. C).  ``combination`` and ``shift`` are the paper's ablation
+    switches (:class:`acmix.nn.parts.ConvPathMixer`); ``"conv"`` drops ``conv_w``.
     """
 
     def __init__(self, in_planes: int, rel_planes: int, out_planes: int, *, share_planes: int = 8,
-                 kernel_size: int = 7, acmix: bool = False, kernel_conv: int = 3,
+                 kernel_size: int = 7, acmix: bool = False, combination: Combination | str | None = None,
+                 shift: ShiftMode | str = ShiftMode.GROUPED, kernel_conv: int = 3,
                  rates: tuple[float, float] = (0.5, 0.5),
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_planes", in_planes), ("rel_planes", rel_planes), ("out_planes", out_planes),
-                            ("share_planes", share_planes), ("kernel_size", kernel_size),
-                            ("kernel_conv", kernel_conv)):
+                            ("share_planes", share_planes), ("kernel_size", kernel_size)):
             check_positive(value, name)
-        if kernel_size % 2 == 0 or kernel_conv % 2 == 0:
-            raise ValueError(f"kernel_size and kernel_conv must be odd, got {kernel_size} and {kernel_conv}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         if out_planes % share_planes:
             raise ValueError(f"out_planes={out_planes} is not divisible by share_planes={share_planes}")
-        if acmix and out_planes % rel_planes:
-            raise ValueError(f"out_planes={out_planes} is not divisible by rel_planes={rel_planes} (ACmix pieces)")
         dd = {"device": device, "dtype": dtype}
-        self.kernel_size, self.kernel_conv, self.acmix = kernel_size, kernel_conv, acmix
+        self.kernel_size = kernel_size
         self.rel_planes, self.out_planes, self.share_planes = rel_planes, out_planes, share_planes
-        self.rates = (float(rates[0]), float(rates[1]))
-        k2, wch = kernel_size * kernel_size, out_planes // share_planes
         self.conv1 = nn.Conv2d(in_planes, rel_planes, 1, **dd)
         self.conv2 = nn.Conv2d(in_planes, rel_planes, 1, **dd)
         self.conv3 = nn.Conv2d(in_planes, out_planes, 1, **dd)
-        self.conv_w = nn.Sequential(
-            nn.BatchNorm2d(rel_planes * (k2 + 1), **dd), nn.ReLU(inplace=True),
-            nn.Conv2d(rel_planes * (k2 + 1), wch, 1, bias=False, **dd),
-            nn.BatchNorm2d(wch, **dd), nn.ReLU(inplace=True),
-            nn.Conv2d(wch, k2 * wch, 1, **dd))
-        if acmix:
-            add_conv_path(self, pieces=2 + out_planes // rel_planes, head_dim=rel_planes, out_channels=out_planes,
-                          kernel_conv=kernel_conv, **dd)
-            add_rates(self, **dd)
-            self.reset_acmix_parameters()
-
-    @torch.no_grad()
-    def reset_acmix_parameters(self) -> None:
-        """Shift init of ``dep_conv`` (Fig. 3 c.III) and the rates; a no-op without ACmix."""
-        if not self.acmix:
-            return
-        shift_init_(self.dep_conv.weight)
-        reset_rates(self, self.rates)
+        self._init_conv_path(pieces=2 + out_planes // rel_planes, head_dim=rel_planes, out_channels=out_planes,
+                             kernel_conv=kernel_conv, combination=resolve_combination(acmix, combination), shift=shift,
+                             rates=rates, **dd)
+        self.acmix = self.has_conv
+        if self.has_attention:
+            k2, wch = kernel_size * kernel_size, out_planes // share_planes
+            self.conv_w = nn.Sequential(
+                nn.BatchNorm2d(rel_planes * (k2 + 1), **dd), nn.ReLU(inplace=True),
+                nn.Conv2d(rel_planes * (k2 + 1), wch, 1, bias=False, **dd),
+                nn.BatchNorm2d(wch, **dd), nn.ReLU(inplace=True),
+                nn.Conv2d(wch, k2 * wch, 1, **dd))
+        self.reset_conv_path()
 
     def attention_weights(self, q: Tensor, k: Tensor) -> Tensor:
         """The patchwise weights ``(B, out_planes / share_planes, k*k, H, W)``."""
@@ -132,30 +126,31 @@ class SAM(nn.Module):
 
     def conv_path(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         b, d, h, w = q.shape
-        pieces = torch.cat([q.unsqueeze(1), k.unsqueeze(1), v.view(b, -1, d, h, w)], 1)
-        return shift_conv(pieces, self.fc.weight, self.dep_conv.weight, self.dep_conv.bias,
-                          kernel_conv=self.kernel_conv, out_channels=self.out_planes)
+        return self.shift_conv(torch.cat([q.unsqueeze(1), k.unsqueeze(1), v.view(b, -1, d, h, w)], 1))
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
-        att = patchwise_aggregation(v, self.attention_weights(q, k), kernel_size=self.kernel_size)
-        if not self.acmix:
-            return att
-        return self.rate1 * att + self.rate2 * self.conv_path(q, k, v)
+        att = conv = None
+        if self.has_attention:
+            att = patchwise_aggregation(v, self.attention_weights(q, k), kernel_size=self.kernel_size)
+        if self.has_conv:
+            conv = self.conv_path(q, k, v)
+        return self.combine(att, conv)
 
     def uncounted_macs(self, inputs: tuple[Tensor, ...], output: Tensor) -> int:
         """The aggregation's ``k*k`` MACs per output value (elementwise; FLOP counters miss it)."""
-        return self.kernel_size**2 * output.numel()
+        return self.kernel_size**2 * output.numel() if self.has_attention else 0
 
     def extra_repr(self) -> str:
         return (f"rel_planes={self.rel_planes}, out_planes={self.out_planes}, share_planes={self.share_planes}, "
-                f"kernel_size={self.kernel_size}, acmix={self.acmix}")
+                f"kernel_size={self.kernel_size}, combination={self.combination.value}, shift={self.shift.value}")
 
 
 class SANBlock(nn.Module):
     """Pre-activation SAN block: ``x + conv(relu(bn2(sam(relu(bn1(x))))))``."""
 
     def __init__(self, planes: int, *, kernel_size: int = 7, share_planes: int = 8, acmix: bool = False,
+                 combination: Combination | str | None = None, shift: ShiftMode | str = ShiftMode.GROUPED,
                  drop_path: float = 0.0, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -165,7 +160,7 @@ class SANBlock(nn.Module):
         mid = planes // 4
         self.bn1 = nn.BatchNorm2d(planes, **dd)
         self.sam = SAM(planes, planes // 16, mid, share_planes=share_planes, kernel_size=kernel_size,
-                       acmix=acmix, **dd)
+                       acmix=acmix, combination=combination, shift=shift, **dd)
         self.bn2 = nn.BatchNorm2d(mid, **dd)
         self.conv = nn.Conv2d(mid, planes, 1, **dd)
         self.relu = nn.ReLU(inplace=True)
@@ -192,16 +187,18 @@ class SANStage(nn.Module):
     """2x2 max-pool, 1x1 transition (no bias), SAN blocks, BN-ReLU."""
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, *, kernel_size: int, share_planes: int = 8,
-                 acmix: bool = False, drop_path: Sequence[float] = (), device=None, dtype=None) -> None:
+                 acmix: bool = False, combination: Combination | str | None = None,
+                 shift: ShiftMode | str = ShiftMode.GROUPED, drop_path: Sequence[float] = (), device=None,
+                 dtype=None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.grad_checkpointing = False
-        self.pool = nn.MaxPool2d(2, 2)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)  # odd sizes: the last row / column is pooled alone
         self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=False, **dd)
         dpr = list(drop_path) or [0.0] * depth
         self.blocks = nn.Sequential(*[
             SANBlock(out_chs, kernel_size=kernel_size, share_planes=share_planes, acmix=acmix,
-                     drop_path=dpr[i], **dd) for i in range(depth)])
+                     combination=combination, shift=shift, drop_path=dpr[i], **dd) for i in range(depth)])
         self.norm = nn.BatchNorm2d(out_chs, **dd)
         self.act = nn.ReLU(inplace=True)
 
@@ -221,13 +218,15 @@ class SAN(nn.Module):
         layers: blocks per stage (five stages).  kernels: attention window per stage.
         widths: stage widths (SAN: 64, 256, 512, 1024, 2048), multiples of 16.
         stem_chs: stem width.  share_planes: value channels sharing a weight map.
-        acmix: add ACmix's convolution path to every SAM.
+        acmix: add ACmix's convolution path to every SAM (``combination="learned"``).
+        combination, shift: the paper's ablation switches for every SAM (:class:`SAM`).
         in_chans, num_classes, global_pool, drop_rate, drop_path_rate: as in timm.
     """
 
     def __init__(self, layers: Sequence[int] = (2, 1, 2, 4, 1), kernels: Sequence[int] = (3, 7, 7, 7, 7),
                  widths: Sequence[int] = (64, 256, 512, 1024, 2048), *, stem_chs: int = 64,
-                 share_planes: int = 8, acmix: bool = False, in_chans: int = 3, num_classes: int = 1000,
+                 share_planes: int = 8, acmix: bool = False, combination: Combination | str | None = None,
+                 shift: ShiftMode | str = ShiftMode.GROUPED, in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -247,6 +246,7 @@ class SAN(nn.Module):
         self.feature_info: list[dict] = []
         for i, (n, k, c) in enumerate(zip(layers, kernels, widths)):
             stages.append(SANStage(prev, c, n, kernel_size=k, share_planes=share_planes, acmix=acmix,
+                                   combination=combination, shift=shift,
                                    drop_path=dpr[cur:cur + n], **dd))
             prev, cur = c, cur + n
             if i > 0:

@@ -1,4 +1,4 @@
-"""Swin-ACmix and Conv-Swin, as timm models.
+"""Swin-ACmix and Conv-Swin, as timm models built from timm's Swin pieces.
 
 Paper: "On the Integration of Self-Attention and Convolution", Xuran Pan, Chunjiang Ge,
 Rui Lu, Shiji Song, Guanfu Chen, Zeyi Huang, Gao Huang, CVPR 2022 (arXiv:2111.14556).
@@ -6,32 +6,48 @@ Swin: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shift
 Windows", ICCV 2021.
 
 Every Swin block's window attention becomes ACmix (the authors' forward order,
-SPEC section 3): the ``qkv`` linear runs on the whole (padded, cyclically shifted)
-map; the convolution path reads qkv as ``3 * heads`` pieces of ``head_dim``
-channels, mixes them with ``fc`` (``3 * heads -> 9``, with bias) and shifts and sums
-them with a ``groups=head_dim`` 3x3 conv (``dep_conv``, no bias, shift init) with
-zero padding, through the shared :func:`acmix.ops.shift_conv`; the window attention
-path is Swin's, up to ``proj``; the block then takes ``proj_drop(rate1 * att +
-rate2 * conv)`` and rolls back.  ``conv_swin_tiny`` keeps only the convolution path
-(the paper's Conv-Swin-T, Tab. 6: no ``proj``, no relative position bias).
+``docs/models.md``): the ``qkv`` linear runs on the whole (padded, cyclically
+shifted) map; the convolution path reads qkv as ``3 * heads`` pieces of
+``head_dim`` channels, mixes them with ``fc`` (``3 * heads -> 9``, with bias) and
+shifts and sums them with a ``groups=head_dim`` 3x3 conv (``dep_conv``, no bias,
+shift init) with zero padding (:class:`acmix.nn.parts.ConvPathMixer`); the window
+attention path is Swin's, up to ``proj``; the block then takes ``proj_drop(rate1 *
+att + rate2 * conv)`` and rolls back.  ``conv_swin_tiny`` keeps only the
+convolution path (the paper's Conv-Swin-T, Tab. 6: no ``proj``, no relative
+position bias); ``combination`` and ``shift`` switch every block (Tab. 6 / 7).
 
-The parameter layout is the authors' (original Swin names, patch merging at the
-END of a stage as ``layers.i.downsample``, ``head`` a plain linear), so their
-checkpoints load with no renaming.  ``relative_position_index`` and ``attn_mask``
+Built on timm's Swin: :class:`timm.layers.PatchEmbed` (NHWC, dynamic padding),
+timm's ``PatchMerging``, ``window_partition`` / ``window_reverse``, and
+:class:`SwinACmixBlock`, a ``SwinTransformerBlock`` whose attention step is
+overridden (timm partitions windows before ``attn``; the convolution path needs
+the whole shifted map).  Two pieces stay ours, because the parameter layout is
+the authors' (patch merging at the END of a stage as ``layers.i.downsample``,
+``head`` a plain linear) so that their checkpoints load, and save, with no
+renaming: the stage (timm's merges at its start and builds timm's own block)
+and the model.  timm's Swin layout (``head.fc``, merging at the start) is mapped
+by :func:`checkpoint_filter_fn`.  ``relative_position_index`` and ``attn_mask``
 are not stored: both are rebuilt for the input at hand, so the model runs at any
-input size; those keys in a checkpoint are ignored.  Feature maps that are not a
-multiple of the window are zero-padded after ``norm1`` (as Swin's detection
-backbone does); a map no larger than the window is one window, unshifted (which at
-224x224 is exactly the authors' last stage).
+input size; those keys in a checkpoint are ignored.
+
+Window, shift and padding at any size: a map no larger than the window is one
+window, unshifted (at 224x224 exactly the authors' last stage).  A map that is
+not a multiple of the window is zero-padded after ``norm1`` at the bottom /
+right, *then* cyclically shifted (pad-then-roll, as Swin's detection backbone);
+timm rolls first and pads after.  The two are identical whenever no padding is
+needed -- every stage at 224x224, and any size whose maps are multiples of the
+window, where the block is exactly the authors' (tested) -- and differ
+otherwise: after roll-then-pad the wrapped rows sit *before* the padding while
+the shifted-window mask, built for the padded map, expects them at its end, so
+a few pairs of rows from opposite borders attend to each other unmasked.
+Pad-then-roll keeps the mask exact (``tests/models/test_swin.py``).
 
 Loading (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``)
 reads the file in the builder with :func:`acmix.models._builder.load_checkpoint_file` (weights
 only; a full training dict with a pickled yacs config is read through an
-allow-list, nothing else is unpickled) and maps timm's Swin layout as well.  Plain
-Swin weights initialise Swin-ACmix with only the ACmix extras (``attn.fc``,
-``attn.dep_conv``, ``attn.rate1/2``) left at their initialisation.
-:func:`convert_checkpoint` writes a bare state dict once, for tools that load with
-plain ``torch.load``.
+allow-list, nothing else is unpickled).  Plain Swin weights initialise Swin-ACmix
+with only the ACmix extras (``attn.fc``, ``attn.dep_conv``, ``attn.rate1/2``) left
+at their initialisation.  :func:`convert_checkpoint` writes a bare state dict
+once, for tools that load with plain ``torch.load``.
 """
 
 from __future__ import annotations
@@ -44,14 +60,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from ..nn.parts import add_conv_path, add_rates, reset_rates, shift_init_
-from ..ops import Combination, shift_conv
+from ..nn.parts import ConvPathMixer
+from ..ops import Combination, ShiftMode
 from ._builder import fill_missing, load_checkpoint_file, unwrap_state_dict
 
 __all__ = [
@@ -68,29 +85,15 @@ _logger = logging.getLogger(__name__)
 ACMIX_EXTRA_SUFFIXES = ("attn.fc.weight", "attn.fc.bias", "attn.dep_conv.weight", "attn.rate1", "attn.rate2")
 
 
-# ----------------------------------------------------------------------------- helpers
-
-def window_partition(x: Tensor, wh: int, ww: int) -> Tensor:
-    """``(B, H, W, C)`` -> ``(B * nW, wh * ww, C)``, windows in row-major order per image."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, wh * ww, c)
-
-
-def window_reverse(windows: Tensor, wh: int, ww: int, h: int, w: int) -> Tensor:
-    """Inverse of :func:`window_partition`: ``(B * nW, wh * ww, C)`` -> ``(B, H, W, C)``."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
-
-
 def relative_position_index(wh: int, ww: int, window: int, device: torch.device | None = None) -> Tensor:
-    """Index into a ``(2 * window - 1) ** 2`` bias table for a ``wh x ww`` window (``wh, ww <= window``)."""
+    """Index into a ``(2 * window - 1) ** 2`` bias table for a ``wh x ww`` window (``wh, ww <= window``).
+
+    timm's ``get_relative_position_index`` sizes the table by the window itself; a map
+    smaller than the window needs the full window's table, indexed here.
+    """
     ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    dy = ys[:, None] - ys[None, :] + window - 1
-    dx = xs[:, None] - xs[None, :] + window - 1
-    return dy * (2 * window - 1) + dx  # (N, N)
+    return (ys[:, None] - ys[None, :] + window - 1) * (2 * window - 1) + xs[:, None] - xs[None, :] + window - 1
 
 
 def shifted_window_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, *,
@@ -104,74 +107,57 @@ def shifted_window_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, *,
         return ids
 
     img = regions(h, wh, sh)[:, None] * 3 + regions(w, ww, sw)[None, :]
-    win = window_partition(img.view(1, h, w, 1), wh, ww).squeeze(-1)  # (nW, N)
+    win = window_partition(img.view(1, h, w, 1), (wh, ww)).flatten(1)  # (nW, N)
     diff = win[:, None, :] - win[:, :, None]
     return torch.zeros(diff.shape, device=device, dtype=dtype).masked_fill(diff != 0, -100.0)
 
 
 # ----------------------------------------------------------------------------- blocks
 
-class WindowAttentionACmix(nn.Module):
+class WindowAttentionACmix(ConvPathMixer):
     """Swin's window attention mixed with ACmix's convolution path (authors' ``WindowAttention_acmix``).
 
     ``forward`` takes the whole ``(B, H, W, C)`` map (already padded and shifted by
     the block, ``H`` and ``W`` multiples of the window ``(wh, ww)``) and returns the
     same shape.  ``combination``: ``"learned"`` (ACmix), ``"fixed"`` (rates as
-    buffers), ``"attention"`` (plain Swin) or ``"conv"`` (Conv-Swin).
+    buffers), ``"attention"`` (plain Swin) or ``"conv"`` (Conv-Swin); ``shift`` as
+    :class:`acmix.nn.parts.ConvPathMixer`.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, *, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, kernel_conv: int = 3,
-                 combination: Combination | str = Combination.LEARNED,
+                 combination: Combination | str = Combination.LEARNED, shift: ShiftMode | str = ShiftMode.GROUPED,
                  rates: tuple[float, float] = (0.5, 0.5),
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        if kernel_conv <= 0 or kernel_conv % 2 == 0:
-            raise ValueError(f"kernel_conv must be a positive odd int, got {kernel_conv!r}")
-        try:
-            self.combination = Combination(combination)
-        except ValueError:
-            raise ValueError(f"combination={combination!r} is not one of "
-                             f"{', '.join(repr(c.value) for c in Combination)}") from None
         dd = {"device": device, "dtype": dtype}
         self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
         self.head_dim = dim // num_heads
-        self.kernel_conv = kernel_conv
-        self.rates = tuple(float(r) for r in rates)
-        self.has_attention = self.combination is not Combination.CONV
-        self.has_conv = self.combination is not Combination.ATTENTION
-
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self._init_conv_path(pieces=3 * num_heads, head_dim=self.head_dim, out_channels=dim,
+                             kernel_conv=kernel_conv, combination=combination, shift=shift, rates=rates,
+                             fc_bias=True, **dd)
         if self.has_attention:
             self.relative_position_bias_table = nn.Parameter(torch.empty((2 * window_size - 1) ** 2, num_heads, **dd))
             self.attn_drop = nn.Dropout(attn_drop)
             self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
-        if self.has_conv:
-            add_conv_path(self, pieces=3 * num_heads, head_dim=self.head_dim, out_channels=dim,
-                          kernel_conv=kernel_conv, fc_bias=True, **dd)
-        if self.has_attention and self.has_conv:
-            add_rates(self, learnable=self.combination is Combination.LEARNED, **dd)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Relative position bias ~ N(0, 0.02), default ``fc`` init, shift init of ``dep_conv``, rates."""
+        """Relative position bias ~ N(0, 0.02), then the convolution path's init (shift init, rates)."""
         if self.has_attention:
             trunc_normal_(self.relative_position_bias_table, std=0.02)
-        if self.has_conv:
-            self.fc.reset_parameters()
-            shift_init_(self.dep_conv.weight)
-        if hasattr(self, "rate1"):
-            reset_rates(self, self.rates)
+        self.reset_conv_path()
 
     def _attention(self, qkv: Tensor, wh: int, ww: int, mask: Tensor | None) -> Tensor:
         b, h, w, _ = qkv.shape
         n, nw = wh * ww, (h // wh) * (w // ww)
-        win = window_partition(qkv, wh, ww)  # (B*nW, N, 3C)
-        q, k, v = win.view(b, nw, n, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        win = window_partition(qkv, (wh, ww))  # (B*nW, wh, ww, 3C)
+        q, k, v = win.reshape(b, nw, n, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5).unbind(0)
         index = relative_position_index(wh, ww, self.window_size, device=qkv.device)
         bias = self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
         bias = bias.to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
@@ -179,26 +165,19 @@ class WindowAttentionACmix(nn.Module):
             bias = bias + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.transpose(-3, -2).reshape(b * nw, n, self.dim)  # (B*nW, N, C), heads concatenated
-        return window_reverse(self.proj(out), wh, ww, h, w)
-
-    def _conv(self, qkv: Tensor) -> Tensor:
-        b, h, w, _ = qkv.shape
-        pieces = qkv.view(b, h, w, 3 * self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
-        out = shift_conv(pieces, self.fc.weight, self.dep_conv.weight, None, kernel_conv=self.kernel_conv,
-                         out_channels=self.dim, fc_bias=self.fc.bias)
-        return out.permute(0, 2, 3, 1)
+        out = out.transpose(-3, -2).reshape(b * nw, wh, ww, self.dim)  # heads concatenated
+        return window_reverse(self.proj(out), (wh, ww), h, w)
 
     def forward(self, x: Tensor, window: tuple[int, int] | None = None, mask: Tensor | None = None) -> Tensor:
         wh, ww = window if window is not None else (self.window_size, self.window_size)
         qkv = self.qkv(x)
-        if not self.has_conv:
-            out = self._attention(qkv, wh, ww, mask)
-        elif not self.has_attention:
-            out = self._conv(qkv)
-        else:
-            out = self.rate1 * self._attention(qkv, wh, ww, mask) + self.rate2 * self._conv(qkv)
-        return self.proj_drop(out)
+        att = self._attention(qkv, wh, ww, mask) if self.has_attention else None
+        conv = None
+        if self.has_conv:
+            b, h, w, _ = qkv.shape
+            pieces = qkv.view(b, h, w, 3 * self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
+            conv = self.shift_conv(pieces).permute(0, 2, 3, 1)
+        return self.proj_drop(self.combine(att, conv))
 
     def uncounted_macs(self, inputs: tuple, output: Tensor) -> int:
         """None: the window attention is matmuls (SDPA), which FLOP counters see."""
@@ -206,98 +185,61 @@ class WindowAttentionACmix(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
-                f"combination={self.combination.value}")
+                f"combination={self.combination.value}, shift={self.shift.value}")
 
 
-class SwinACmixBlock(nn.Module):
-    """Swin block: ``x + DropPath(attn(norm1(x)))`` (shifted windows), then ``x + DropPath(mlp(norm2(x)))``.
+class SwinACmixBlock(SwinTransformerBlock):
+    """timm's Swin block with :class:`WindowAttentionACmix` and an attention step on the whole shifted map.
 
-    The window is ``window_size`` and the cyclic shift ``shift_size`` along each axis
-    longer than the window; an axis no longer than the window is one unshifted window.
+    ``x + DropPath(attn(norm1(x)))`` (shifted windows), then ``x + DropPath(mlp(norm2(x)))``.
+    The window and the cyclic shift are chosen per input: ``window_size`` and
+    ``shift_size`` along each axis longer than the window, one unshifted window along
+    an axis no longer than it; maps are padded, then rolled (module docstring).  timm's
+    ``set_input_size`` / ``attn_mask`` do not apply: nothing here depends on a fixed input size.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU,
                  norm_layer: type[nn.Module] = nn.LayerNorm, combination: Combination | str = Combination.LEARNED,
+                 shift: ShiftMode | str = ShiftMode.GROUPED,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size={shift_size} must be in [0, window_size={window_size})")
-        dd = {"device": device, "dtype": dtype}
-        self.window_size, self.shift_size = window_size, shift_size
-        self.norm1 = norm_layer(dim, **dd)
+        # always_partition: keep window_size / shift_size as given (the step below picks them per input);
+        # dynamic_mask: no mask buffer for a fixed resolution; head_dim=1: the WindowAttention timm builds
+        # here is replaced just below, so keep it small
+        super().__init__(dim, (window_size, window_size), num_heads=num_heads, head_dim=1, window_size=window_size,
+                         shift_size=shift_size, always_partition=True, dynamic_mask=True, mlp_ratio=mlp_ratio,
+                         qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop, drop_path=drop_path,
+                         act_layer=act_layer, norm_layer=norm_layer, device=device, dtype=dtype)
         self.attn = WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                         proj_drop=drop, combination=combination, **dd)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **dd)
-
-    def _window_shift(self, h: int, w: int) -> tuple[int, int, int, int]:
-        ws, s = self.window_size, self.shift_size
-        wh, sh = (h, 0) if h <= ws else (ws, s)
-        ww, sw = (w, 0) if w <= ws else (ws, s)
-        return wh, ww, sh, sw
+                                         proj_drop=drop, combination=combination, shift=shift,
+                                         device=device, dtype=dtype)
 
     def _attn(self, x: Tensor) -> Tensor:
         _, h, w, _ = x.shape
-        wh, ww, sh, sw = self._window_shift(h, w)
+        wh, sh = (h, 0) if h <= self.window_size[0] else (self.window_size[0], self.shift_size[0])
+        ww, sw = (w, 0) if w <= self.window_size[1] else (self.window_size[1], self.shift_size[1])
         ph, pw = (-h) % wh, (-w) % ww
-        if ph or pw:
+        if ph or pw:  # pad, then roll: the mask below is exact for the padded map
             x = F.pad(x, (0, 0, 0, pw, 0, ph))
-        hp, wp = h + ph, w + pw
         mask = None
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-            mask = shifted_window_mask(hp, wp, wh, ww, sh, sw, device=x.device, dtype=x.dtype)
+            mask = shifted_window_mask(h + ph, w + pw, wh, ww, sh, sw, device=x.device, dtype=x.dtype)
         x = self.attn(x, (wh, ww), mask)
         if sh or sw:
             x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
         return x[:, :h, :w] if ph or pw else x
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self._attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class PatchMerging(nn.Module):
-    """2x2 patch merging, original Swin order ``[(0,0), (1,0), (0,1), (1,1)]``, then LayerNorm and a linear."""
-
-    def __init__(self, dim: int, norm_layer: type[nn.Module] = nn.LayerNorm,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.norm = norm_layer(4 * dim, device=device, dtype=dtype)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, h, w, _ = x.shape
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x))
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv, LayerNorm; NCHW image -> NHWC tokens."""
-
-    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
-                 norm_layer: type[nn.Module] | None = nn.LayerNorm,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
-        self.norm = norm_layer(embed_dim, device=device, dtype=dtype) if norm_layer else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, _, h, w = x.shape
-        p = self.patch_size
-        if h % p or w % p:
-            x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
 
 class SwinACmixStage(nn.Module):
-    """``blocks`` (alternating unshifted / shifted windows), then ``downsample`` (None in the last stage)."""
+    """``blocks`` (alternating unshifted / shifted windows), then ``downsample`` (None in the last stage).
+
+    timm's ``SwinTransformerStage`` merges patches at its start (another key layout)
+    and builds timm's own block, hence this stage.
+    """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, *, downsample: bool,
                  drop_path: list[float], norm_layer: type[nn.Module] = nn.LayerNorm,
@@ -305,21 +247,18 @@ class SwinACmixStage(nn.Module):
                  **block_kwargs: Any) -> None:
         super().__init__()
         self.grad_checkpointing = False
-        self.blocks = nn.ModuleList([
+        self.blocks = nn.Sequential(*[
             SwinACmixBlock(dim, num_heads, window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
                            drop_path=drop_path[i], norm_layer=norm_layer, device=device, dtype=dtype,
                            **block_kwargs)
             for i in range(depth)
         ])
-        self.downsample = PatchMerging(dim, norm_layer, device=device, dtype=dtype) if downsample else None
+        self.downsample = PatchMerging(dim, norm_layer=norm_layer, device=device, dtype=dtype) if downsample else None
 
     def forward_blocks(self, x: Tensor) -> Tensor:
-        for blk in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
+        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_blocks(x)
@@ -335,7 +274,8 @@ class SwinACmix(nn.Module):
         in_chans, num_classes, global_pool (``"avg"`` or ``""``): as in timm.
         embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias: Swin's sizes.
         combination: ``"learned"`` (Swin-ACmix), ``"fixed"``, ``"attention"`` (plain
-            Swin, original layout) or ``"conv"`` (Conv-Swin).
+            Swin, original layout) or ``"conv"`` (Conv-Swin).  shift: the convolution
+            path's shift (``"grouped"``, ``"learnable"``, ``"fixed"``, ``"tensor"``).
         drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: regularisation.
         img_size: accepted for timm compatibility; the model runs at any size.
     """
@@ -344,8 +284,8 @@ class SwinACmix(nn.Module):
                  embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2),
                  num_heads: tuple[int, ...] = (3, 6, 12, 24), window_size: int = 7, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, combination: Combination | str = Combination.LEARNED,
-                 drop_rate: float = 0.0, proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, patch_size: int = 4, img_size: Any = None,
+                 shift: ShiftMode | str = ShiftMode.GROUPED, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, patch_size: int = 4, img_size: Any = None,
                  norm_layer: type[nn.Module] = nn.LayerNorm,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -361,7 +301,8 @@ class SwinACmix(nn.Module):
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (self.num_layers - 1))
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer, **dd)
+        self.patch_embed = PatchEmbed(None, patch_size, in_chans, embed_dim, norm_layer=norm_layer, output_fmt="NHWC",
+                                      strict_img_size=False, dynamic_img_pad=True, **dd)
         self.pos_drop = nn.Dropout(drop_rate)
         total = sum(depths)
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as Swin
@@ -373,7 +314,8 @@ class SwinACmix(nn.Module):
             self.layers.append(SwinACmixStage(
                 dim, depth, heads, window_size, downsample=i < self.num_layers - 1,
                 drop_path=dpr[start:start + depth], norm_layer=norm_layer, mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, drop=proj_drop_rate, attn_drop=attn_drop_rate, combination=combination, **dd))
+                qkv_bias=qkv_bias, drop=proj_drop_rate, attn_drop=attn_drop_rate, combination=combination,
+                shift=shift, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2**i, module=f"layers.{i}"))
         self.norm = norm_layer(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
@@ -404,7 +346,7 @@ class SwinACmix(nn.Module):
         return dict(
             stem=r"^patch_embed",
             blocks=r"^layers\.(\d+)" if coarse else [
-                (r"^layers\.(\d+)\.downsample", (0,)),
+                (r"^layers\.(\d+)\.downsample", (99999,)),  # merges at the END of stage i: its last block
                 (r"^layers\.(\d+)\.\w+\.(\d+)", None),
                 (r"^norm", (99999,)),
             ],
@@ -579,7 +521,7 @@ default_cfgs = generate_default_cfgs({
     "conv_swin_tiny": _cfg(),
 })
 
-# Published figures (SPEC section 3: the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
+# Published figures (docs/models.md: the authors' code gives 28.65 M / 50.35 M; MACs at 224x224).
 # Conv-Swin-T has no published size: its target is this implementation's count (Tab. 6 design).
 PAPER_FIGURES: dict[str, dict] = {
     "acmix_swin_tiny": dict(params_m=28.65, params_tol=0.02, macs_g=4.6, top1=81.9),

@@ -31,9 +31,11 @@ def _conv_bn(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
 class ACmixBlock(nn.Module):
     """``x + BN(1x1(ReLU(BN(ACmix(x)))))`` followed by ReLU (ACmix in place of the 3×3 conv)."""
 
-    def __init__(self, dim: int, *, heads: int, kernel_att: int, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, *, heads: int, kernel_att: int, drop_path: float = 0.0,
+                 combination: str = "learned", shift: str = "grouped") -> None:
         super().__init__()
-        self.acmix = ACmix(dim, dim, kernel_att=kernel_att, heads=heads, kernel_conv=3)
+        self.acmix = ACmix(dim, dim, kernel_att=kernel_att, heads=heads, kernel_conv=3, combination=combination,
+                           shift=shift)
         self.bn1 = nn.BatchNorm2d(dim)
         self.conv = nn.Conv2d(dim, dim, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
@@ -56,11 +58,13 @@ class ACmixTinyNet(nn.Module):
         heads: attention heads of every ACmix layer.  kernel_att: attention window (one, or per stage).
         drop_rate: dropout before the classifier.  drop_path_rate: stochastic depth (linear ramp).
         global_pool: ``"avg"`` or ``""`` (no pooling in :meth:`forward_head`).
+        combination, shift: the paper's switches (Tab. 6 / 7) for every ACmix layer.
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, *, widths: Sequence[int] = (24, 32, 64),
                  depths: Sequence[int] = (1, 1), heads: int = 4, kernel_att: int | Sequence[int] = (3, 5),
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg") -> None:
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = "avg",
+                 combination: str = "learned", shift: str = "grouped") -> None:
         super().__init__()
         if len(widths) != 3 or len(depths) != 2 or min(widths[1:]) < 1 or min(widths) < 0 or min(depths) < 0:
             raise ValueError(f"widths needs 3 entries (stem >= 0, stages >= 1) and depths 2 (>= 0), "
@@ -81,11 +85,12 @@ class ACmixTinyNet(nn.Module):
             self.stem = nn.Sequential(_conv_bn(in_chans, c0), _conv_bn(c0, c1, stride=2))
         else:  # no full-resolution conv: one strided conv
             self.stem = nn.Sequential(_conv_bn(in_chans, c1, stride=2))
-        self.stage1 = nn.Sequential(*[ACmixBlock(c1, heads=heads, kernel_att=ka[0], drop_path=rates[i])
+        switches = {"heads": heads, "combination": combination, "shift": shift}
+        self.stage1 = nn.Sequential(*[ACmixBlock(c1, kernel_att=ka[0], drop_path=rates[i], **switches)
                                       for i in range(depths[0])])
         self.down = _conv_bn(c1, c2, stride=2)
-        self.stage2 = nn.Sequential(*[ACmixBlock(c2, heads=heads, kernel_att=ka[1],
-                                                 drop_path=rates[depths[0] + i]) for i in range(depths[1])])
+        self.stage2 = nn.Sequential(*[ACmixBlock(c2, kernel_att=ka[1], drop_path=rates[depths[0] + i], **switches)
+                                      for i in range(depths[1])])
         self.num_features = self.head_hidden_size = c2
         self.feature_info = [dict(num_chs=c1, reduction=2, module="stage1"),
                              dict(num_chs=c2, reduction=4, module="stage2")]

@@ -8,13 +8,13 @@ from torch import Tensor, nn
 from ..ops.common import ACmixWeights
 from ..ops.config import ACmixConfig, Combination, ShiftMode
 from ..ops.functional import Backend, acmix
-from .parts import add_conv_path, add_rates, reset_rates, shift_init_
+from .parts import ConvPathMixer
 
 __all__ = ["ACmix"]
 
 
-class ACmix(nn.Module):
-    """The ResNet-form ACmix layer of Pan et al., CVPR 2022 (SPEC section 1).
+class ACmix(ConvPathMixer):
+    """The ResNet-form ACmix layer of Pan et al., CVPR 2022 (``docs/operator.md``).
 
     Parameter names follow the authors' layer (``conv1``/``conv2``/``conv3`` for
     q/k/v, ``conv_p``, ``fc``, ``dep_conv``, ``rate1``, ``rate2``), so their state
@@ -47,60 +47,26 @@ class ACmix(nn.Module):
         cfg = ACmixConfig(in_channels, out_channels, heads=heads, kernel_att=kernel_att,
                           kernel_conv=kernel_conv, stride=stride, dilation=dilation,
                           position_encoding=position_encoding, combination=combination, shift=shift)
-        if len(rates) != 2:
-            raise ValueError(f"rates must be a pair (rate1, rate2), got {rates!r}")
         self.config = cfg
         self.backend = backend
-        self.rates = tuple(float(r) for r in rates)
         dd = {"device": device, "dtype": dtype}
-        kc2 = cfg.kernel_conv**2
-
         self.conv1 = nn.Conv2d(in_channels, out_channels, 1, **dd)
         self.conv2 = nn.Conv2d(in_channels, out_channels, 1, **dd)
         self.conv3 = nn.Conv2d(in_channels, out_channels, 1, **dd)
         if cfg.has_attention and position_encoding:
             self.conv_p = nn.Conv2d(2, cfg.head_dim, 1, **dd)
-        if cfg.has_conv:
-            shape = (cfg.head_dim, kc2, kernel_conv, kernel_conv)
-            if cfg.shift is ShiftMode.GROUPED:
-                add_conv_path(self, pieces=3 * heads, head_dim=cfg.head_dim, out_channels=out_channels,
-                              kernel_conv=kernel_conv, conv_bias=conv_bias, stride=stride, **dd)
-            else:
-                self.fc = nn.Conv2d(3 * heads, kc2, 1, bias=False, **dd)
-            if cfg.shift is ShiftMode.LEARNABLE:
-                self.shift_weight = nn.Parameter(torch.empty(shape, **dd))
-            elif cfg.shift is ShiftMode.FIXED:
-                self.register_buffer("shift_weight", torch.empty(shape, **dd))
-            if conv_bias and cfg.shift is not ShiftMode.GROUPED:
-                self.shift_bias = nn.Parameter(torch.empty(out_channels, **dd))
-        if cfg.has_attention and cfg.has_conv:
-            add_rates(self, learnable=cfg.combination is Combination.LEARNED, **dd)
+        self._init_conv_path(pieces=3 * heads, head_dim=cfg.head_dim, out_channels=out_channels,
+                             kernel_conv=kernel_conv, stride=stride, combination=cfg.combination, shift=cfg.shift,
+                             rates=rates, conv_bias=conv_bias, **dd)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Default init of the 1x1 convs, shift init of the convolution path, rates."""
-        for name in ("conv1", "conv2", "conv3", "conv_p", "fc"):
+        for name in ("conv1", "conv2", "conv3", "conv_p"):
             if hasattr(self, name):
                 getattr(self, name).reset_parameters()
-        if self.conv_weight is not None:
-            shift_init_(self.conv_weight)
-        if self.conv_bias is not None:
-            self.conv_bias.zero_()
-        if hasattr(self, "rate1"):
-            reset_rates(self, self.rates)
-
-    @property
-    def conv_weight(self) -> Tensor | None:
-        if hasattr(self, "dep_conv"):
-            return self.dep_conv.weight
-        return getattr(self, "shift_weight", None)
-
-    @property
-    def conv_bias(self) -> Tensor | None:
-        if hasattr(self, "dep_conv"):
-            return self.dep_conv.bias
-        return getattr(self, "shift_bias", None)
+        self.reset_conv_path()
 
     def weights(self) -> ACmixWeights:
         """The layer's tensors in the functional op's layout."""

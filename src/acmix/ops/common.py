@@ -15,6 +15,7 @@ __all__ = [
     "check_weights",
     "position_grid",
     "reflect_index",
+    "reflect_pad",
     "shift_kernel",
 ]
 
@@ -78,6 +79,13 @@ def reflect_index(size: int, pad: int, *, device: torch.device | None = None) ->
     return torch.where(pos >= size, period - pos, pos)
 
 
+def reflect_pad(t: Tensor, pad: int) -> Tensor:
+    """Reflect-pad the last two axes by ``pad`` (iterated reflection on tiny maps, see :func:`reflect_index`)."""
+    ih = reflect_index(t.shape[-2], pad, device=t.device)
+    iw = reflect_index(t.shape[-1], pad, device=t.device)
+    return t.index_select(-2, ih).index_select(-1, iw)
+
+
 def shift_kernel(kernel: int, *, device: torch.device | None = None,
                  dtype: torch.dtype | None = None) -> Tensor:
     """The ``(k*k, k, k)`` one-hot kernels: kernel ``t`` picks offset ``(t // k, t % k)``."""
@@ -85,9 +93,12 @@ def shift_kernel(kernel: int, *, device: torch.device | None = None,
     return eye.view(kernel * kernel, kernel, kernel)
 
 
-def check_input(x: Tensor, cfg: ACmixConfig) -> None:
+def check_input(x: Tensor, cfg: ACmixConfig, w: ACmixWeights | None = None) -> None:
+    """One-line ``ValueError`` naming what is wrong with the input (and its match with the weights ``w``)."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"x must be a Tensor, got {type(x).__name__}")
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__module__}.{type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != cfg.in_channels:
@@ -96,6 +107,16 @@ def check_input(x: Tensor, cfg: ACmixConfig) -> None:
         )
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    if w is None:
+        return
+    if x.device != w.q_weight.device:
+        raise ValueError(f"x is on {x.device} but the layer's weights are on {w.q_weight.device}")
+    castable = (torch.float32, torch.float16, torch.bfloat16)  # what autocast converts (never float64)
+    autocast = (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+                and x.dtype in castable and w.q_weight.dtype in castable)
+    if x.dtype != w.q_weight.dtype and not autocast:
+        raise ValueError(f"x has dtype {x.dtype} but the layer's weights are {w.q_weight.dtype}: convert one "
+                         f"of them (x.to({w.q_weight.dtype}) or layer.to({x.dtype})), or run under autocast")
 
 
 def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:

@@ -8,9 +8,34 @@ every backend and the module read one validated description.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import TypeVar
 
-__all__ = ["ACmixConfig", "Combination", "ShiftMode", "check_positive"]
+__all__ = ["ACmixConfig", "Backend", "Combination", "ShiftMode", "as_enum", "check_bool", "check_odd", "check_positive",
+           "check_rates"]
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class Backend(enum.Enum):
+    """The implementations of the op (see :func:`acmix.ops.acmix` and ``docs/fast-paths.md``).
+
+    ``CPU_KERNEL`` was called ``COMPILED`` (it is a C++ kernel compiled on first
+    use, not ``torch.compile``); the old name and the string ``'compiled'`` still work.
+    """
+
+    AUTO = "auto"
+    REFERENCE = "reference"
+    EAGER = "eager"
+    CPU_KERNEL = "cpu_kernel"
+    TRITON = "triton"
+    COMPILED = "cpu_kernel"  # alias of CPU_KERNEL
+
+    @classmethod
+    def _missing_(cls, value: object) -> Backend | None:
+        return cls.CPU_KERNEL if value == "compiled" else None
 
 
 class Combination(enum.Enum):
@@ -38,7 +63,8 @@ class ShiftMode(enum.Enum):
     GROUPED = "grouped"
 
 
-def _enum(kind: type[enum.Enum], value: object, name: str) -> enum.Enum:
+def as_enum(kind: type[E], value: object, name: str) -> E:
+    """``value`` as a member of ``kind`` (a member or its string value); ``ValueError`` naming ``name`` else."""
     if isinstance(value, kind):
         return value
     try:
@@ -48,21 +74,49 @@ def _enum(kind: type[enum.Enum], value: object, name: str) -> enum.Enum:
         raise ValueError(f"{name}={value!r} is not one of {choices}") from None
 
 
-def check_positive(value: object, name: str) -> None:
-    """``ValueError`` naming ``name`` unless ``value`` is a positive int (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def check_positive(value: object, name: str) -> int:
+    """``value`` as an ``int`` if it is a positive integer (numpy integers too, bools rejected).
+
+    Raises a ``ValueError`` naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
-def _odd(value: int, name: str) -> None:
-    check_positive(value, name)
+def check_odd(value: object, name: str) -> int:
+    """``value`` as an ``int`` if it is a positive odd integer; ``ValueError`` naming ``name`` else."""
+    value = check_positive(value, name)
     if value % 2 == 0:
         raise ValueError(f"{name} must be odd, got {value}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` if it is a bool (numpy bools too); strings such as ``'no'`` are refused, not read as true."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_":  # numpy.bool_, without importing numpy
+        return bool(value)
+    raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def check_rates(rates: object) -> tuple[float, float]:
+    """The initial (or fixed) ``(rate1, rate2)`` pair as finite floats; ``ValueError`` naming the value else."""
+    try:
+        pair = tuple(float(r) for r in rates)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"rates must be a pair of numbers (rate1, rate2), got {rates!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"rates must be a pair (rate1, rate2), got {rates!r}")
+    if not all(math.isfinite(r) for r in pair):
+        raise ValueError(f"rates must be finite, got {rates!r}")
+    return pair  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class ACmixConfig:
-    """Validated static description of an ACmix layer (SPEC section 1).
+    """Validated static description of an ACmix layer (docs/operator.md).
 
     ``stride`` subsamples the query side: the output is ``(H - 1) // stride + 1``
     by ``(W - 1) // stride + 1``.  ``dilation`` applies to the attention window.
@@ -80,19 +134,16 @@ class ACmixConfig:
     shift: ShiftMode = ShiftMode.GROUPED
 
     def __post_init__(self) -> None:
-        check_positive(self.in_channels, "in_channels")
-        check_positive(self.out_channels, "out_channels")
-        check_positive(self.heads, "heads")
-        _odd(self.kernel_att, "kernel_att")
-        _odd(self.kernel_conv, "kernel_conv")
-        check_positive(self.stride, "stride")
-        check_positive(self.dilation, "dilation")
+        checks = {"kernel_att": check_odd, "kernel_conv": check_odd, "position_encoding": check_bool,
+                  "combination": lambda v, n: as_enum(Combination, v, n),
+                  "shift": lambda v, n: as_enum(ShiftMode, v, n)}
+        for f in fields(self):  # every field checked and normalised (numpy ints become ints)
+            check = checks.get(f.name, check_positive)
+            object.__setattr__(self, f.name, check(getattr(self, f.name), f.name))
         if self.out_channels % self.heads:
             raise ValueError(
                 f"out_channels={self.out_channels} is not divisible by heads={self.heads}"
             )
-        object.__setattr__(self, "combination", _enum(Combination, self.combination, "combination"))
-        object.__setattr__(self, "shift", _enum(ShiftMode, self.shift, "shift"))
 
     @property
     def head_dim(self) -> int:

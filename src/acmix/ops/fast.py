@@ -1,21 +1,28 @@
-"""Fast exact ACmix: the rewrites of SPEC section 2, shared by the eager and compiled paths.
+"""Fast exact ACmix: the rewrites of ``docs/fast-paths.md``, shared by the eager, CPU-kernel and Triton paths.
 
 * Stage I is one GEMM (rewrite 4).  On the eager path its output channels are
   ordered ``(d, piece)`` -- ``d`` the channel within a head, ``piece =
   which*heads + head`` for ``which`` in q, k, v -- exactly the input layout of
   the convolution path's group convolution, so no permute copy is needed there;
-  the attention reads q, k, v of each head as strided views.  The compiled
-  kernel reads any channel in place and takes the plain ``[q, k, v]`` order.
+  the attention reads q, k, v of each head as strided views (the Triton
+  kernels read them in place, in either memory format).  The C++ CPU kernel
+  reads any channel in place and takes the plain ``[q, k, v]`` order.
 * The convolution path folds ``fc`` into the group convolution (rewrite 3):
   ``W'[o, p] = sum_t W[o, t] fc[t, p]``, one group conv with ``3*heads`` inputs
   per group.  An ``fc`` bias (Swin) is carried exactly by convolving a map of
   ones, since the zero padding does not carry it.
 * The attention path drops the position term's constant part (rewrite 1):
   ``logit = scale * q.k_j - r.loc_j`` with ``r = W_p^T (scale q)``; ``conv_p``'s
-  bias cancels.  The window attention itself runs on the compiled CPU kernel
-  (``native.py``) or, eagerly, as dense attention: over the whole map with a
-  ``log(multiplicity)`` bias on small maps, or over b x b query tiles and their
-  reflect-padded halo with one shared mask (rewrite 2).
+  bias cancels.  The window attention itself runs on the C++ CPU kernel
+  (``native.py``), the Triton kernels (``triton_attention.py``) or, eagerly, as
+  dense attention: over the whole map with a ``log(multiplicity)`` bias on small
+  maps, over b x b query tiles and their reflect-padded halo with one shared
+  mask (rewrite 2), or -- where a large dilation makes halos mostly empty --
+  over the gathered ``kernel_att**2`` window keys of every query.
+* A non-finite key or value must only reach the outputs whose windows hold it,
+  as in the reference; a GEMM over many windows would spread it (``0 * nan``),
+  so the eager path computes with such pixels zeroed and marks the outputs of
+  the windows that hold them as NaN (:func:`_nonfinite_windows`).
 """
 
 from __future__ import annotations
@@ -28,12 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import native
-from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_index, shift_kernel
-from .config import ACmixConfig, ShiftMode
+from .common import ACmixWeights, position_grid, reflect_index, reflect_pad, shift_kernel
+from .config import ACmixConfig, Backend, ShiftMode
 
 __all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "prefer_dense", "shift_conv_fast"]
 
-TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, SPEC section 2)
+TILE = 7  # query tile side of the eager tiled path (best measured at 56x56, docs/fast-paths.md)
 GLOBAL_MAX = 256 * 256  # eager: dense attention over the whole map up to this many (query, key) pairs
 
 
@@ -48,7 +55,7 @@ def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, *, out_chann
 
 
 def _fold(conv_weight: Tensor, fc_weight: Tensor) -> Tensor:
-    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (SPEC rewrite 3)."""
+    """``W'[o, p] = sum_t W[o, t] fc[t, p]``: ``fc`` folded into the group conv (docs/fast-paths.md, rewrite 3)."""
     fc = fc_weight.reshape(conv_weight.shape[1], -1).to(conv_weight.dtype)
     return torch.einsum("otuv,tp->opuv", conv_weight, fc).contiguous()  # contiguous: else a slow conv path
 
@@ -147,9 +154,43 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     return dense_attention_fits(h, w, cfg.stride) and h * w <= 64
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def _nonfinite_windows(k: Tensor, v: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
+    """``(B, heads, Ho, Wo)``: outputs whose window holds a non-finite key or value; None if there are none."""
+    bad = ~(torch.isfinite(k).all(2) & torch.isfinite(v).all(2))  # (B, heads, H, W)
+    if not _tracing() and not bool(bad.any()):
+        return None
+    b, heads, h, w = bad.shape
+    padded = reflect_pad(bad.to(torch.float32).reshape(b * heads, 1, h, w), dilation * (kernel - 1) // 2)
+    hit = F.max_pool2d(padded, kernel, stride=stride, dilation=dilation)
+    return hit.reshape(b, heads, *hit.shape[-2:]) > 0
+
+
 def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
                     stride: int, dilation: int) -> Tensor:
-    """Window attention as dense attention (same contract as :func:`native.local_attention`)."""
+    """Window attention as dense attention (``docs/fast-paths.md``, rewrites 1-2).
+
+    ``q`` is the strided query map ``(B, heads, hd, Ho, Wo)`` (unscaled), ``r = W_p^T (scale q)`` the
+    position term ``(B, heads, 2, Ho, Wo)`` or None, ``k``/``v`` are ``(B, heads, hd, H, W)``.
+    Returns ``(B, heads*hd, Ho, Wo)``.  Non-finite keys and values stay in their windows.
+    """
+    args = {"kernel": kernel, "stride": stride, "dilation": dilation}
+    poison = _nonfinite_windows(k, v, **args)
+    if poison is not None:
+        keep = torch.isfinite(k).all(2, keepdim=True) & torch.isfinite(v).all(2, keepdim=True)
+        k, v = k.where(keep, 0.0), v.where(keep, 0.0)
+    out = _attention_finite(q, r, k, v, scale=scale, **args)
+    if poison is None:
+        return out
+    return out.masked_fill(poison.repeat_interleave(q.shape[2], dim=1), math.nan)
+
+
+def _attention_finite(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
+                      stride: int, dilation: int) -> Tensor:
+    """:func:`attention_eager` for finite keys and values: dense, tiled or gathered."""
     b, heads, hd, ho, wo = q.shape
     h, w = k.shape[-2:]
     n = b * heads
@@ -167,12 +208,12 @@ def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale:
         return out.transpose(1, 2).reshape(b, heads * hd, ho, wo)
 
     t = TILE
+    halo = stride * (t - 1) + dilation * (kernel - 1) + 1
+    if halo * halo > 2 * kernel * kernel * t * t:  # mostly-empty halos (large dilation): gather the windows
+        return _attention_gather(q, k, v, kernel=kernel, stride=stride, dilation=dilation)
     pad = dilation * (kernel - 1) // 2
     th, tw = -(-ho // t), -(-wo // t)
-    halo = stride * (t - 1) + dilation * (kernel - 1) + 1
-    kv = torch.cat([k, v], 2).reshape(n, e + hd, h, w)
-    kv = kv.index_select(2, reflect_index(h, pad, device=k.device))
-    kv = kv.index_select(3, reflect_index(w, pad, device=k.device))
+    kv = reflect_pad(torch.cat([k, v], 2).reshape(n, e + hd, h, w), pad)
     need_h, need_w = stride * t * (th - 1) + halo, stride * t * (tw - 1) + halo
     kv = F.pad(kv, (0, max(need_w - kv.shape[-1], 0), 0, max(need_h - kv.shape[-2], 0)))
     kv = kv.unfold(2, halo, stride * t).unfold(3, halo, stride * t)  # (n, E+hd, th, tw, halo, halo)
@@ -185,27 +226,52 @@ def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale:
     return out[..., :ho, :wo].reshape(b, heads * hd, ho, wo)
 
 
+def _attention_gather(q: Tensor, k: Tensor, v: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor:
+    """Every query's ``kernel**2`` window keys gathered through reflect indices: ``kernel**2`` x the map."""
+    b, heads, _, ho, wo = q.shape
+    h, w = k.shape[-2:]
+    pad = dilation * (kernel - 1) // 2
+    offsets = torch.arange(kernel, device=k.device) * dilation
+
+    def rows(n: int, no: int) -> Tensor:  # (no, kernel) source index of window position a of output i
+        return reflect_index(n, pad, device=k.device)[(torch.arange(no, device=k.device) * stride)[:, None]
+                                                       + offsets[None]]
+
+    ri, ci = rows(h, ho), rows(w, wo)
+
+    def windows(t: Tensor) -> Tensor:  # (B, heads, c, ho, kernel, wo, kernel)
+        return t[..., ri, :][..., ci]
+
+    logits = torch.einsum("bheij,bheiajc->bhijac", q, windows(k)).reshape(b, heads, ho, wo, kernel * kernel)
+    att = torch.softmax(logits, -1).reshape(b, heads, ho, wo, kernel, kernel)
+    out = torch.einsum("bhijac,bhdiajc->bhdij", att, windows(v))
+    return out.reshape(b, heads * v.shape[2], ho, wo)
+
+
 # ---------------------------------------------------------------- the layer
 
 
-def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) -> Tensor:
-    """ACmix forward with the rewrites; ``compiled`` runs Stage II on the C++ CPU kernel where it applies."""
-    check_input(x, cfg)
-    check_weights(w, cfg)
+def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = Backend.EAGER) -> Tensor:
+    """ACmix forward with the rewrites; Stage II on ``backend`` (``EAGER``, ``CPU_KERNEL`` or ``TRITON``).
+
+    Inputs are trusted: :func:`acmix.ops.acmix` validated them.
+    """
     b, _, h, wd = x.shape
     heads, hd, c, s = cfg.heads, cfg.head_dim, cfg.out_channels, cfg.stride
+    kernel = backend is Backend.CPU_KERNEL
 
-    compiled = compiled and native.fits(x)
     weight = torch.cat([w.q_weight, w.k_weight, w.v_weight])
     biases = (w.q_bias, w.k_bias, w.v_bias)
     bias = None
     if any(t is not None for t in biases):
         bias = torch.cat([t if t is not None else weight.new_zeros(c) for t in biases])
-    if not compiled:  # eager: channel order (d, which, head), the group conv's input layout
+    if not kernel:  # channel order (d, which, head): the group conv's input layout
         weight = weight.reshape(3, heads, hd, -1).permute(2, 0, 1, 3).reshape(3 * c, -1, 1, 1)
         if bias is not None:
             bias = bias.reshape(3, heads, hd).permute(2, 0, 1).reshape(3 * c)
-    qkv = F.conv2d(x, weight, bias).contiguous()
+    qkv = F.conv2d(x, weight, bias)
+    if backend is not Backend.TRITON:  # Triton reads any strides; the others want NCHW
+        qkv = qkv.contiguous()
 
     conv_w = None
     if cfg.has_conv:
@@ -219,7 +285,7 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) 
             pe_w = pe_w + 0 * w.pe_bias.sum()
     args = {"scale": hd**-0.5, "kernel": cfg.kernel_att, "stride": s, "dilation": cfg.dilation}
 
-    if compiled:
+    if kernel:
         one = qkv.new_ones(1)
         rate_att = w.rate_att if cfg.has_attention and cfg.has_conv else one
         rate_conv = w.rate_conv if cfg.has_attention and cfg.has_conv else one
@@ -230,12 +296,17 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, *, compiled: bool) 
 
     parts = []
     if cfg.has_attention:
-        q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)
-        qs = q[..., ::s, ::s].contiguous()  # (B, heads, hd, Ho, Wo)
+        q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
+        qs = q[..., ::s, ::s]
         r = None
         if pe_w is not None:
             r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
-        parts.append(attention_eager(qs, r, k, v, **args))
+        if backend is Backend.TRITON:
+            from .triton_attention import window_attention_triton
+
+            parts.append(window_attention_triton(q, r, k, v, **args))
+        else:
+            parts.append(attention_eager(qs.contiguous(), r, k, v, **args))
     if cfg.has_conv:
         parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2,
                               groups=hd))

@@ -3,42 +3,36 @@
 * ``REFERENCE`` (``reference.py``): slow and obvious, always available; every
   other path is tested against it.
 * ``EAGER`` (``fast.py``): the exact rewrites in plain PyTorch ops; any device.
-* ``COMPILED``: the same, with the window attention on the C++ CPU kernel
-  (``native.py``, built on first use with the machine's compiler).
-* ``AUTO`` (default): ``COMPILED`` for float32/float64 CPU tensors where the
-  kernel builds, except on maps up to 8x8, where the eager dense attention
-  measured faster (:func:`acmix.ops.fast.prefer_dense`); else ``EAGER``;
-  ``EAGER`` inside ``torch.compile`` and while exporting.
+* ``CPU_KERNEL`` (formerly ``COMPILED``): the same, with Stage II on the C++
+  CPU kernel (``native.py``, compiled with the machine's compiler on first use).
+* ``TRITON``: the same, with the window attention in fused Triton kernels
+  (``triton_attention.py``); CUDA tensors (CPU tensors under Triton's interpreter).
+* ``AUTO`` (default): ``TRITON`` on CUDA where Triton imports; on the CPU the
+  faster of ``CPU_KERNEL`` and ``EAGER`` for this input, measured once and
+  remembered (``autotune.py``; a size rule where measuring is off); ``EAGER``
+  inside ``torch.compile`` and while exporting, and wherever nothing else runs.
 
+The input and weights are validated here, once; the implementations trust them.
 ``backend`` picks an implementation per call; :func:`use_backend` sets the
-default for a block of code (this thread).
+default for a block of code (this thread).  See ``docs/fast-paths.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from . import native
-from .common import ACmixWeights
-from .config import ACmixConfig, ShiftMode
+from . import autotune, native
+from .common import ACmixWeights, check_input, check_weights
+from .config import ACmixConfig, Backend, ShiftMode, as_enum
 from .fast import acmix_fast, prefer_dense, shift_conv_fast
 from .reference import acmix_reference, shift_conv_reference
 
 __all__ = ["Backend", "acmix", "resolve_backend", "shift_conv", "use_backend"]
-
-
-class Backend(enum.Enum):
-    AUTO = "auto"
-    REFERENCE = "reference"
-    EAGER = "eager"
-    COMPILED = "compiled"
-
 
 _state = threading.local()
 
@@ -50,7 +44,7 @@ def _default() -> Backend:
 @contextlib.contextmanager
 def use_backend(backend: Backend | str) -> Iterator[None]:
     """Force ``backend`` for every ACmix call inside the block (this thread)."""
-    chosen = _as_backend(backend)
+    chosen = as_enum(Backend, backend, "backend")
     previous = _default()
     _state.backend = chosen
     try:
@@ -59,48 +53,119 @@ def use_backend(backend: Backend | str) -> Iterator[None]:
         _state.backend = previous
 
 
-def _as_backend(backend: Backend | str) -> Backend:
-    if isinstance(backend, Backend):
-        return backend
-    try:
-        return Backend(backend)
-    except ValueError:
-        choices = ", ".join(repr(b.value) for b in Backend)
-        raise ValueError(f"backend={backend!r} is not one of {choices}") from None
+def _tracing() -> bool:
+    """torch.compile, torch.export, ONNX export or jit tracing: plain torch ops the tracer can follow."""
+    return (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+            or torch.jit.is_scripting())
 
 
-def _compiled_fits(x: Tensor) -> bool:
-    # traced graphs (torch.compile, export) take the eager path: plain torch ops the compiler can fuse
-    return native.fits(x) and not _exporting() and not torch.compiler.is_compiling()
+def _kernel_fits(x: Tensor) -> bool:
+    return native.fits(x) and not _tracing()
 
 
-def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+def _triton_fits(x: Tensor) -> bool:
+    if _tracing():
+        return False
+    if x.device.type != "cuda" and not _triton_interpreting():
+        return False
+    from . import triton_attention  # imports triton: only for inputs that can use it
+
+    return triton_attention.available(x)
 
 
-def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None = None) -> Backend:
-    """The implementation a call with this input would use."""
-    chosen = _as_backend(backend) if backend is not None else _default()
+def _triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _training(x: Tensor, w: ACmixWeights) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(isinstance(t, Tensor) and t.requires_grad
+                                                               for t in w))
+
+
+def _measured(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Backend:
+    """The faster of the CPU kernel and the eager path for this input (``autotune.py``)."""
+    training = _training(x, w)
+    layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else "nchw"
+    key = (f"{tuple(x.shape)}|{x.dtype}|{layout}|{'train' if training else 'infer'}|"
+           f"{cfg.in_channels},{cfg.out_channels},{cfg.heads},{cfg.kernel_att},{cfg.kernel_conv},"
+           f"{cfg.stride},{cfg.dilation},{cfg.position_encoding},{cfg.combination.value},{cfg.shift.value}")
+
+    def runner(backend: Backend) -> Callable[[], None]:
+        def run() -> None:
+            if not training:
+                acmix_fast(x, w, cfg, backend)
+                return
+            leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
+                      for t in (x, *w)]  # fresh leaves: no gradient reaches the caller's tensors
+            out = acmix_fast(leaves[0], ACmixWeights(*leaves[1:]), cfg, backend)
+            grads = [t for t in leaves if isinstance(t, Tensor) and t.requires_grad]
+            torch.autograd.grad(out, grads, torch.ones_like(out))
+        return run
+
+    paths = (Backend.CPU_KERNEL, Backend.EAGER)
+    winner = autotune.choose(key, {b.value: runner(b) for b in paths}, x.device)
+    return Backend(winner)
+
+
+def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None = None,
+                    weights: ACmixWeights | None = None) -> Backend:
+    """The implementation a call with this input would use (``weights`` allow measuring under ``AUTO``)."""
+    chosen = as_enum(Backend, backend, "backend") if backend is not None else _default()
     if chosen is Backend.AUTO:
-        small = x.dim() == 4 and prefer_dense(x.shape[-2], x.shape[-1], cfg)
-        return Backend.COMPILED if not small and _compiled_fits(x) and native.available() else Backend.EAGER
-    if chosen is Backend.COMPILED:
-        if not _compiled_fits(x):
-            raise ValueError(f"backend='compiled' runs float32/float64 CPU tensors outside autocast, got {x.dtype} "
-                             f"on {x.device}")
+        if cfg.has_attention and _triton_fits(x):
+            return Backend.TRITON
+        if not (_kernel_fits(x) and native.available()):
+            return Backend.EAGER
+        if weights is not None and autotune.enabled():
+            return _measured(x, weights, cfg)
+        return Backend.EAGER if prefer_dense(x.shape[-2], x.shape[-1], cfg) else Backend.CPU_KERNEL
+    if chosen is Backend.CPU_KERNEL:
+        if not _kernel_fits(x):
+            raise ValueError(f"backend='cpu_kernel' runs float32/float64 CPU tensors outside autocast and "
+                             f"tracing, got {x.dtype} on {x.device}")
         if not native.available():
-            raise RuntimeError("backend='compiled' requested but the C++ kernel could not be built; "
+            raise RuntimeError("backend='cpu_kernel' requested but the C++ kernel could not be built; "
                                "use backend='eager'")
+    if chosen is Backend.TRITON and not _triton_fits(x):
+        raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
+                         f"tensors), got a tensor on {x.device}")
     return chosen
 
 
 def acmix(x: Tensor, weights: ACmixWeights, config: ACmixConfig, *,
           backend: Backend | str | None = None) -> Tensor:
-    """ACmix forward ``(B, C_in, H, W) -> (B, C_out, (H-1)//s+1, (W-1)//s+1)``."""
-    chosen = resolve_backend(x, config, backend)
+    """ACmix forward ``(B, C_in, H, W) -> (B, C_out, (H - 1) // s + 1, (W - 1) // s + 1)``.
+
+    Args:
+        x: input map, floating point, on the weights' device and in their dtype
+            (or under autocast); any memory format.
+        weights: the layer's tensors (:class:`ACmixWeights`, the authors' layout).
+        config: the static description (:class:`ACmixConfig`): widths, heads,
+            kernels, stride, dilation, position encoding, combination, shift mode.
+        backend: an implementation (:class:`Backend` or its name) for this call;
+            default: the one set by :func:`use_backend`, else ``AUTO``.
+
+    Semantics (``docs/operator.md``): Stage I computes q, k, v with three 1x1
+    convolutions; the attention path attends, for every query pixel of the
+    stride-``s`` grid, over its ``kernel_att**2`` window of the reflect-padded
+    keys (iterated reflection on maps smaller than the padding) with the
+    relative position term; the convolution path mixes the ``3 * heads`` pieces
+    with ``fc`` and sums their shifts with the group convolution; the output is
+    ``rate_att * attention + rate_conv * convolution`` (or one path alone).
+    Every backend computes exactly this (``docs/fast-paths.md``).
+
+    Raises:
+        ValueError: naming the bad value (input type, dtype, device, shape,
+            weight shapes, or a backend that cannot run this input).
+    """
+    check_input(x, config, weights)
+    check_weights(weights, config)
+    chosen = resolve_backend(x, config, backend, weights)
     if chosen is Backend.REFERENCE:
         return acmix_reference(x, weights, config)
-    return acmix_fast(x, weights, config, compiled=chosen is Backend.COMPILED)
+    return acmix_fast(x, weights, config, chosen)
 
 
 def shift_conv(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor | None,

@@ -1,7 +1,7 @@
 """The compiled CPU kernel for ACmix's Stage II, built on first use.
 
 ``csrc/stage2.cpp`` holds a forward and a hand-written backward of both paths
-fused into one output (SPEC section 2: window or kernel offset outer, pixel x
+fused into one output (docs/fast-paths.md: window or kernel offset outer, pixel x
 inner, so the loops vectorise; the softmax is recomputed in the backward
 instead of stored, so only the Stage-I map is kept for it).  It is compiled
 with the machine's C++ compiler through ``torch.utils.cpp_extension`` the

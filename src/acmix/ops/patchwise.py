@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import reflect_index
+from .common import reflect_pad
 
 __all__ = ["patchwise_aggregation", "patchwise_aggregation_reference", "patchwise_output_size",
            "reflect_windows"]
@@ -75,13 +75,6 @@ def _check(v: Tensor, weight: Tensor, kernel_size: int, stride: int, dilation: i
             f"{(b, 'Cw', kernel_size * kernel_size, ho, wo)} with C % Cw == 0")
 
 
-def _pad(t: Tensor, pad: int) -> Tensor:
-    """Reflect-pad the last two axes (iterated reflection on tiny maps)."""
-    ih = reflect_index(t.shape[-2], pad, device=t.device)
-    iw = reflect_index(t.shape[-1], pad, device=t.device)
-    return t.index_select(-2, ih).index_select(-1, iw)
-
-
 def reflect_windows(x: Tensor, kernel_size: int, *, dilation: int = 1, stride: int = 1) -> Tensor:
     """The reflect-padded ``kernel_size**2`` windows of ``x``: ``(B, C, H, W) -> (B, C, k*k, Ho, Wo)``.
 
@@ -94,7 +87,7 @@ def reflect_windows(x: Tensor, kernel_size: int, *, dilation: int = 1, stride: i
     pad = dilation * (kernel_size - 1) // 2
     h, w = x.shape[-2:]
     ho, wo = patchwise_output_size(h, w, stride)
-    xp = _pad(x, pad)
+    xp = reflect_pad(x, pad)
     views = []
     for kh in range(kernel_size):
         for kw in range(kernel_size):
@@ -117,7 +110,7 @@ def patchwise_aggregation(v: Tensor, weight: Tensor, *, kernel_size: int, stride
     cw = weight.shape[1]
     ho, wo = patchwise_output_size(h, w, stride)
     pad = dilation * (kernel_size - 1) // 2
-    vp = _pad(v, pad).view(b, c // cw, cw, h + 2 * pad, w + 2 * pad)
+    vp = reflect_pad(v, pad).view(b, c // cw, cw, h + 2 * pad, w + 2 * pad)
     wt = weight.unsqueeze(1)  # (B, 1, Cw, k*k, Ho, Wo): broadcast over the share groups
     out = None
     for kh in range(kernel_size):

@@ -1,6 +1,6 @@
 """The slow, obvious ACmix: the oracle every fast path is tested against.
 
-It follows SPEC section 1 literally, one window offset at a time, with no
+It follows docs/operator.md literally, one window offset at a time, with no
 algebraic rewrite: q, k, v from three 1x1 convolutions; keys, values and the
 position encoding reflect-padded; logit(i, j) = q_i . (k_j + pe_i - pe_j);
 softmax over the window; the convolution path as ``fc`` -> reorder ->
@@ -13,35 +13,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_index
+from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_pad
 from .config import ACmixConfig, ShiftMode
 
 __all__ = ["acmix_reference", "attention_path_reference", "conv_path_reference", "shift_conv_reference"]
 
 
-def _pad_reflect(t: Tensor, pad: int) -> Tensor:
-    """Reflect-pad the last two axes by ``pad`` (iterated reflection on tiny maps)."""
-    ih = reflect_index(t.shape[-2], pad, device=t.device)
-    iw = reflect_index(t.shape[-1], pad, device=t.device)
-    return t.index_select(-2, ih).index_select(-1, iw)
-
-
 def attention_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
                              cfg: ACmixConfig) -> Tensor:
-    """Local self-attention of SPEC section 1 on the Stage-I maps q, k, v."""
+    """Local self-attention of docs/operator.md on the Stage-I maps q, k, v."""
     b, _, h, wd = q.shape
     heads, hd, s, dil, ka = cfg.heads, cfg.head_dim, cfg.stride, cfg.dilation, cfg.kernel_att
     ho, wo = cfg.output_size(h, wd)
     pad = cfg.att_padding
 
     q = (q * hd**-0.5).reshape(b, heads, hd, h, wd)[..., ::s, ::s]
-    kp = _pad_reflect(k.reshape(b, heads, hd, h, wd), pad)
-    vp = _pad_reflect(v.reshape(b, heads, hd, h, wd), pad)
+    kp = reflect_pad(k.reshape(b, heads, hd, h, wd), pad)
+    vp = reflect_pad(v.reshape(b, heads, hd, h, wd), pad)
     if cfg.position_encoding:
         loc = position_grid(h, wd, device=q.device, dtype=q.dtype)
         pe = F.conv2d(loc, w.pe_weight, w.pe_bias)  # (1, hd, H, W), shared by heads
         pe_q = pe[..., ::s, ::s].unsqueeze(1)
-        pe_p = _pad_reflect(pe, pad).unsqueeze(1)
+        pe_p = reflect_pad(pe, pad).unsqueeze(1)
 
     logits, values = [], []
     for a in range(ka):
@@ -104,7 +97,7 @@ def conv_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
 
 def acmix_reference(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Tensor:
     """Reference ACmix forward: ``(B, C_in, H, W) -> (B, C_out, Ho, Wo)``."""
-    check_input(x, cfg)
+    check_input(x, cfg, w)
     check_weights(w, cfg)
     q = F.conv2d(x, w.q_weight, w.q_bias)
     k = F.conv2d(x, w.k_weight, w.k_bias)

@@ -1,6 +1,6 @@
 """The authors' algorithm: every attention window materialised with ``unfold``.
 
-Kept as the baseline the benchmarks compare against (SPEC section 2: ~49x the
+Kept as the baseline the benchmarks compare against (docs/fast-paths.md: ~49x the
 activation memory per unfold).  It computes the same function as the
 reference wherever ``ReflectionPad2d`` is defined (maps larger than the
 padding); it is not used by the layer.

@@ -4,17 +4,17 @@
 // Input is the Stage-I map qkv (B, 3C, H, W) = [q, k, v], each C = heads*head_dim
 // channels: channel which*C + head*head_dim + d.  The convolution path is the
 // group convolution whose group d reads piece p = which*heads + head, i.e.
-// channel which*C + head*head_dim + d (the fc folded in, SPEC rewrite 3); the
+// channel which*C + head*head_dim + d (the fc folded in, docs/fast-paths.md rewrite 3); the
 // kernel reads those channels in place, so no permuted copy is ever made.
 //
 //   out = rate1 * att + rate2 * (conv(qkv; Wc) + bias)
-//   att: logit(t, x) = qs.k_t - r.loc_t, qs = scale * q, r = W_p^T qs   (SPEC rewrite 1)
+//   att: logit(t, x) = qs.k_t - r.loc_t, qs = scale * q, r = W_p^T qs   (docs/fast-paths.md rewrite 1)
 //
 // For each (batch, head) the k and v maps are copied once with every row
 // reflect-padded (phase-split under stride); an output row then reads its
 // window as plain shifts of those rows, and the inner loops run over a block of
 // XB output columns held in registers (offset or channel reductions
-// innermost-but-one), so they vectorise (SPEC section 2).  The softmax P is not stored: the
+// innermost-but-one), so they vectorise (docs/fast-paths.md).  The softmax P is not stored: the
 // backward recomputes it row by row and uses sum_d dO.O = sum_t P_t dP_t, so
 // only the Stage-I map is kept for the backward.
 #include <torch/extension.h>

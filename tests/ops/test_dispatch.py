@@ -1,0 +1,183 @@
+"""The dispatcher: measured AUTO choice, backend names, validation once, NaN locality, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from acmix import ACmix
+from acmix.ops import Backend, acmix, acmix_reference, autotune, native, resolve_backend
+from acmix.ops import fast as fast_mod
+from acmix.ops.config import ACmixConfig
+from helpers import make_layer
+
+
+@pytest.fixture
+def tuning(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
+    monkeypatch.setenv("ACMIX_CACHE_DIR", str(tmp_path))
+    autotune.clear()
+    yield tmp_path / "dispatch.json"
+    autotune.clear()
+
+
+def test_backend_names_and_alias():
+    assert Backend("compiled") is Backend.CPU_KERNEL
+    assert Backend.COMPILED is Backend.CPU_KERNEL
+    assert Backend("cpu_kernel") is Backend.CPU_KERNEL
+    with pytest.raises(ValueError, match="backend='gpu' is not one of 'auto', 'reference', 'eager', 'cpu_kernel'"):
+        resolve_backend(torch.randn(1, 4, 5, 5), ACmixConfig(4, 8), "gpu")
+
+
+def test_triton_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' needs Triton and a CUDA tensor"):
+        resolve_backend(torch.randn(1, 4, 5, 5), ACmixConfig(4, 8), "triton")
+
+
+@pytest.mark.skipif(not native.available(), reason="no C++ compiler: only one CPU path")
+def test_auto_measures_once_and_remembers(tuning, monkeypatch):
+    layer = make_layer((4, 8, 4, 7, 3, 1, 1, {}), dtype=torch.float32)
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    calls = []
+    real = autotune._time
+
+    def counting(run, device):
+        calls.append(1)
+        return real(run, device)
+
+    monkeypatch.setattr(autotune, "_time", counting)
+    chosen = resolve_backend(x, layer.config, weights=layer.weights())
+    assert chosen in (Backend.CPU_KERNEL, Backend.EAGER)
+    assert len(calls) == 6  # 3 rounds x 2 candidates
+    assert x.grad is None and all(p.grad is None for p in layer.parameters())  # measuring leaves no trace
+    assert resolve_backend(x, layer.config, weights=layer.weights()) is chosen
+    assert len(calls) == 6  # remembered
+    saved = json.loads(tuning.read_text())
+    (machine, choices), = saved.items()
+    assert "torch" in machine and list(choices.values()) == [chosen.value]
+    assert "train" in next(iter(choices))
+    autotune.clear()  # a new process: read from the file, not measured again
+    assert resolve_backend(x, layer.config, weights=layer.weights()) is chosen
+    assert len(calls) == 6
+    with torch.no_grad():  # inference is a different signature
+        resolve_backend(x, layer.config, weights=layer.weights())
+    assert len(calls) == 12
+
+
+@pytest.mark.skipif(not native.available(), reason="no C++ compiler: only one CPU path")
+def test_auto_measured_result_is_exact(tuning):
+    layer = make_layer((4, 8, 4, 7, 3, 1, 1, {}), dtype=torch.float64)
+    x = torch.randn(1, 4, 11, 10, dtype=torch.float64)
+    out = layer(x)
+    torch.testing.assert_close(out, acmix_reference(x, layer.weights(), layer.config), rtol=1e-10, atol=1e-10)
+
+
+def test_auto_cache_unwritable_keeps_working(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
+    monkeypatch.setenv("ACMIX_CACHE_DIR", str(blocker / "sub"))  # a file where a folder should be
+    autotune.clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot write the backend cache"):
+            autotune._warned = False
+            winner = autotune.choose("k", {"a": lambda: None, "b": lambda: None}, torch.device("cpu"), rounds=1)
+        assert winner in ("a", "b")
+    finally:
+        autotune.clear()
+
+
+# ---------------------------------------------------------------- validation: one line naming the value
+
+
+def test_input_errors_name_the_value():
+    layer = ACmix(4, 8)
+    with pytest.raises(ValueError, match=r"x has dtype torch.float64 but the layer's weights are torch.float32"):
+        layer(torch.randn(1, 4, 6, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"x must be a torch.Tensor, got numpy.ndarray"):
+        layer(np.zeros((1, 4, 6, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"x must be a floating-point tensor, got dtype torch.int64"):
+        layer(torch.zeros(1, 4, 6, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"x must be a floating-point tensor, got dtype torch.bool"):
+        layer(torch.zeros(1, 4, 6, 6, dtype=torch.bool))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts float32/16 (not float64)
+        assert torch.isfinite(layer(torch.randn(1, 4, 6, 6, dtype=torch.float16))).all()
+        with pytest.raises(ValueError, match=r"x has dtype torch.float64"):
+            layer(torch.randn(1, 4, 6, 6, dtype=torch.float64))
+
+
+def test_config_checks_and_numpy_ints():
+    cfg = ACmixConfig(np.int64(16), np.int32(16), heads=np.int64(4))
+    assert cfg.in_channels == 16 and type(cfg.in_channels) is int and type(cfg.heads) is int
+    with pytest.raises(ValueError, match=r"position_encoding must be a bool, got 'no'"):
+        ACmixConfig(4, 8, position_encoding="no")
+    with pytest.raises(ValueError, match=r"kernel_att must be odd, got 4"):
+        ACmixConfig(4, 8, kernel_att=4)
+    with pytest.raises(ValueError, match=r"stride must be a positive int, got 1.5"):
+        ACmixConfig(4, 8, stride=1.5)
+    with pytest.raises(ValueError, match=r"heads must be a positive int, got True"):
+        ACmixConfig(4, 8, heads=True)
+
+
+# ---------------------------------------------------------------- NaN locality and large dilation
+
+
+def _windows_hit(h, w, py, px, cfg):
+    """Brute force: which outputs' windows contain pixel (py, px) (reflect semantics)."""
+    from acmix.ops.common import reflect_index
+
+    pad = cfg.att_padding
+    ry, rx = reflect_index(h, pad), reflect_index(w, pad)
+    ho, wo = cfg.output_size(h, w)
+    hit = torch.zeros(ho, wo, dtype=torch.bool)
+    for i in range(ho):
+        for j in range(wo):
+            ys = ry[i * cfg.stride + torch.arange(cfg.kernel_att) * cfg.dilation]
+            xs = rx[j * cfg.stride + torch.arange(cfg.kernel_att) * cfg.dilation]
+            hit[i, j] = bool((ys == py).any() and (xs == px).any())
+    return hit
+
+
+@pytest.mark.parametrize("size,stride,dilation,mode", [
+    ((9, 8), 1, 1, "global"), ((20, 19), 1, 1, "tiled"), ((17, 15), 2, 1, "tiled"), ((18, 16), 1, 6, "gather"),
+])
+def test_nan_stays_in_its_windows(size, stride, dilation, mode, monkeypatch):
+    if mode != "global":
+        monkeypatch.setattr(fast_mod, "GLOBAL_MAX", 0)
+    h, w = size
+    layer = make_layer((4, 8, 2, 3, 3, stride, dilation, {"combination": "attention"}), dtype=torch.float64)
+    x = torch.randn(1, 4, h, w, dtype=torch.float64)
+    x[0, :, 4, 5] = math.nan
+    ref = acmix_reference(x, layer.weights(), layer.config)
+    out = acmix(x, layer.weights(), layer.config, backend="eager")
+    expect_nan = _windows_hit(h, w, 4, 5, layer.config)
+    assert torch.equal(ref[0, 0].isnan(), expect_nan)  # the oracle's own behaviour
+    assert torch.equal(out.isnan().any(1)[0], expect_nan)
+    finite = ~expect_nan
+    torch.testing.assert_close(out[..., finite], ref[..., finite], rtol=1e-10, atol=1e-10)
+
+
+def test_large_dilation_gathers_windows_exactly(monkeypatch):
+    monkeypatch.setattr(fast_mod, "GLOBAL_MAX", 0)
+    layer = make_layer((4, 8, 2, 7, 3, 2, 9, {}), dtype=torch.float64)
+    x = torch.randn(2, 4, 13, 11, dtype=torch.float64, requires_grad=True)
+    out = acmix(x, layer.weights(), layer.config, backend="eager")
+    ref = acmix_reference(x, layer.weights(), layer.config)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    go = torch.randn_like(out)
+    params = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(out, params, go), torch.autograd.grad(ref, params, go)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_huge_dilation_memory_is_bounded():
+    """dilation 1000 on a 64x64 map: the halo tiles would need hundreds of GB; the gathered windows a few MB."""
+    layer = ACmix(8, 8, heads=2, dilation=1000)
+    x = torch.randn(1, 8, 64, 64)
+    out = acmix(x, layer.weights(), layer.config, backend="eager")
+    assert out.shape == (1, 8, 64, 64) and torch.isfinite(out).all()
