@@ -29,3 +29,13 @@ def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def image_folder(tmp_path: Path) -> Path:
     """A small synthetic ImageFolder tree."""
     return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def native_kernel():
+    """The compiled CPU kernel module (``acmix.ops.native``), built once per session; skips without a compiler."""
+    from acmix.ops import native
+
+    if not native.available():
+        pytest.skip(f"the compiled CPU kernel cannot be built here ({native._failed})")
+    return native

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from acmix.cli import bench_models, paper
+from acmix.cli import bench_models, build_kernel, paper
 
 __all__ = ["build_parser", "main"]
 
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert-swin", help="an authors' Swin-ACmix file (training dict) to a bare state dict")
     p.add_argument("source")
     p.add_argument("output", help=".pth, or .safetensors")
+    build_kernel.add_parser(sub)
     paper.add_parser(sub)
     return parser
 
@@ -188,7 +189,8 @@ def cmd_convert_swin(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "presets": cmd_presets,
-                "showcase": cmd_showcase, "bench": cmd_bench, "convert-swin": cmd_convert_swin}
+                "showcase": cmd_showcase, "bench": cmd_bench, "convert-swin": cmd_convert_swin,
+                "build-kernel": build_kernel.run}
     from acmix.train.data import DataError
 
     start = time.perf_counter()

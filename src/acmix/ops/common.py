@@ -13,6 +13,7 @@ __all__ = [
     "ACmixWeights",
     "check_input",
     "check_weights",
+    "data_dependent_ok",
     "position_grid",
     "reflect_index",
     "reflect_pad",
@@ -44,6 +45,17 @@ class ACmixWeights(NamedTuple):
     conv_bias: Tensor | None = None
     rate_att: Tensor | None = None
     rate_conv: Tensor | None = None
+
+
+def data_dependent_ok() -> bool:
+    """False inside ``torch.compile``, export, jit tracing/scripting and ``torch.func`` transforms.
+
+    There, Python control flow on tensor values (``if t.any():``) is refused or
+    baked into the graph, so code must take its value-independent branch.
+    """
+    transforms = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)()
+    return not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or bool(transforms))
 
 
 def position_grid(height: int, width: int, *, device: torch.device | None = None,

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import native
-from .common import ACmixWeights, position_grid, reflect_index, reflect_pad, shift_kernel
+from .common import ACmixWeights, data_dependent_ok, position_grid, reflect_index, reflect_pad, shift_kernel
 from .config import ACmixConfig, Backend, ShiftMode
 
 __all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "prefer_dense", "shift_conv_fast"]
@@ -154,14 +154,10 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     return dense_attention_fits(h, w, cfg.stride) and h * w <= 64
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-
-
 def _nonfinite_windows(k: Tensor, v: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
     """``(B, heads, Ho, Wo)``: outputs whose window holds a non-finite key or value; None if there are none."""
     bad = ~(torch.isfinite(k).all(2) & torch.isfinite(v).all(2))  # (B, heads, H, W)
-    if not _tracing() and not bool(bad.any()):
+    if data_dependent_ok() and not bool(bad.any()):
         return None
     b, heads, h, w = bad.shape
     padded = reflect_pad(bad.to(torch.float32).reshape(b * heads, 1, h, w), dilation * (kernel - 1) // 2)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import autotune, native
-from .common import ACmixWeights, check_input, check_weights
+from .common import ACmixWeights, check_input, check_weights, data_dependent_ok
 from .config import ACmixConfig, Backend, ShiftMode, as_enum
 from .fast import acmix_fast, prefer_dense, shift_conv_fast
 from .reference import acmix_reference, shift_conv_reference
@@ -53,18 +53,12 @@ def use_backend(backend: Backend | str) -> Iterator[None]:
         _state.backend = previous
 
 
-def _tracing() -> bool:
-    """torch.compile, torch.export, ONNX export or jit tracing: plain torch ops the tracer can follow."""
-    return (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-            or torch.jit.is_scripting())
-
-
 def _kernel_fits(x: Tensor) -> bool:
-    return native.fits(x) and not _tracing()
+    return native.fits(x) and data_dependent_ok()
 
 
 def _triton_fits(x: Tensor) -> bool:
-    if _tracing():
+    if not data_dependent_ok():
         return False
     if x.device.type != "cuda" and not _triton_interpreting():
         return False
@@ -123,8 +117,8 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
         return Backend.EAGER if prefer_dense(x.shape[-2], x.shape[-1], cfg) else Backend.CPU_KERNEL
     if chosen is Backend.CPU_KERNEL:
         if not _kernel_fits(x):
-            raise ValueError(f"backend='cpu_kernel' runs float32/float64 CPU tensors outside autocast and "
-                             f"tracing, got {x.dtype} on {x.device}")
+            raise ValueError(f"backend='cpu_kernel' runs float32/float64 CPU tensors outside autocast, tracing and "
+                             f"torch.func transforms, got {x.dtype} on {x.device}")
         if not native.available():
             raise RuntimeError("backend='cpu_kernel' requested but the C++ kernel could not be built; "
                                "use backend='eager'")

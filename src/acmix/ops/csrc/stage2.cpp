@@ -24,6 +24,17 @@
 #include <cmath>
 #include <vector>
 
+// The softmax's exp, vectorised without -ffast-math: glibc's libmvec has SSE4/AVX2/AVX-512 variants of exp
+// and expf, but math.h declares them only under __FAST_MATH__.  Declaring them here lets GCC call them
+// (-fno-math-errno makes the call vectorisable); they keep IEEE NaN/Inf semantics, within 4 ulp.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(__FAST_MATH__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 22))
+extern "C" {
+__attribute__((__simd__("notinbranch"))) double exp(double) noexcept;
+__attribute__((__simd__("notinbranch"))) float expf(float) noexcept;
+}
+#endif
+
 namespace {
 
 // Output columns per register block: 16, 32 or 64 (one to four independent
