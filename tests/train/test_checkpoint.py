@@ -18,8 +18,8 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path: Path, monke
     path = tmp_path / "last.pth"
     C.atomic_save({"step": 1, "w": torch.ones(3)}, path)
 
-    def dying_save(obj: object, f: object) -> None:
-        f.write(b"partial bytes of a checkpoint")  # type: ignore[attr-defined]
+    def dying_save(obj: object, f: str) -> None:
+        Path(f).write_bytes(b"partial bytes of a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(C.torch, "save", dying_save)

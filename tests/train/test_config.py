@@ -11,13 +11,12 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from acmix.cli.main import build_parser
+from acmix.cli.train import config_from_args
 from acmix.train.config import TrainConfig, effective_lr, list_presets, resolve_config
 
 
 def _cfg(argv: list[str]) -> TrainConfig:
-    args = build_parser().parse_args(["train", *argv])
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset", "print_config")}
-    return resolve_config(args.preset, overrides)
+    return config_from_args(build_parser().parse_args(["train", *argv]))
 
 
 def test_packaged_presets_follow_the_paper() -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cli.main import _json_dict
+from ..cli.train import json_dict
 from ..ops import Backend, use_backend
 from ..ops.config import check_positive
 from .timing import autocast, check_device, check_precision, peak_bytes, sync, time_ms
@@ -275,7 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10 CUDA, 3 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps each (default 3 CUDA, 1 CPU)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (0: PyTorch's default)")
-    parser.add_argument("--model-kwargs", type=_json_dict, default=None, metavar="JSON",
+    parser.add_argument("--model-kwargs", type=json_dict, default=None, metavar="JSON",
                         help="timm.create_model kwargs: for every model, or {model: {...}}")
     parser.add_argument("--json", type=Path, default=None,
                         help="default benchmarks/results/model_bench_{cpu,cuda}.json")

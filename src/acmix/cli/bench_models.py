@@ -8,13 +8,13 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``bench-models``; its handler (``args.handler``) returns the exit code."""
+    """Register ``bench-models``; its ``func`` returns the exit code."""
     from acmix.analysis.model_bench import add_arguments
 
     p = subparsers.add_parser("bench-models", help="train/inference img/s and peak memory of whole models "
                                                    "against their baselines (benchmarks/model_bench.py)")
     add_arguments(p)
-    p.set_defaults(handler=_run)
+    p.set_defaults(func=_run)
     return p
 
 

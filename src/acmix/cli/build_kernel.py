@@ -20,6 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("build-kernel", help="build (or find in the cache) the C++ CPU kernel and print its "
                                                    "path; exits 1 with the reason if it cannot be built")
     p.add_argument("--verbose", action="store_true", help="show the compiler's output")
+    p.set_defaults(func=run)
     return p
 
 

@@ -29,7 +29,7 @@ def _setting(text: str) -> tuple[str, Any]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``paper`` and its sub-commands on the ``acmix`` parser."""
     parser = subparsers.add_parser("paper", help="reproduce the paper's analyses (Tab. 1, 5, 6, 7, Fig. 5)")
-    parser.set_defaults(handler=run, func=run)  # handler: this CLI; func: the one-module-per-command CLI
+    parser.set_defaults(func=run)
     sub = parser.add_subparsers(dest="paper_command", required=True)
 
     def common(p: argparse.ArgumentParser, name: str) -> None:

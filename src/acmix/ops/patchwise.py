@@ -28,6 +28,9 @@ Two implementations:
   and the ``k*k`` shifted views are multiply-accumulated into the output, so no
   ``(B, C, k*k, H, W)`` unfold tensor is ever materialised (SAN's and the
   authors' unfold code hold ``k*k`` = 49 times the activation at 7x7).
+  On CUDA tensors it runs fused Triton kernels instead where Triton imports
+  (``triton_patchwise.py``; not while tracing or compiling); ``backend=``
+  forces either path.
 
 :func:`reflect_windows` is the (small) unfold the patchwise *weight* branch
 needs for the keys, in SAN's channel order.
@@ -38,7 +41,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import reflect_pad
+from .common import data_dependent_ok, reflect_pad
+from .config import Backend, as_enum
 
 __all__ = ["patchwise_aggregation", "patchwise_aggregation_reference", "patchwise_output_size",
            "reflect_windows"]
@@ -96,16 +100,45 @@ def reflect_windows(x: Tensor, kernel_size: int, *, dilation: int = 1, stride: i
     return torch.stack(views, dim=-3)
 
 
+def _use_triton(v: Tensor, backend: Backend | str) -> bool:
+    """``AUTO``: Triton for CUDA tensors where it imports, outside tracing and unless :func:`acmix.ops.use_backend`
+    set ``eager``/``reference``; ``TRITON``: that, or an error."""
+    chosen = as_enum(Backend, backend, "backend")
+    if chosen not in (Backend.AUTO, Backend.EAGER, Backend.TRITON):
+        raise ValueError(f"backend must be 'auto', 'eager' or 'triton' for the patchwise aggregation, got {backend!r}")
+    if chosen is Backend.AUTO:  # use_backend('eager' / 'reference') reaches this op too
+        from .functional import _default
+
+        chosen = Backend.EAGER if _default() in (Backend.EAGER, Backend.REFERENCE) else chosen
+    if chosen is Backend.EAGER:
+        return False
+    fits = data_dependent_ok() and (v.device.type == "cuda" or chosen is Backend.TRITON)
+    if fits:
+        from . import triton_patchwise  # imports triton: only for inputs that can use it
+
+        fits = triton_patchwise.available(v)
+    if chosen is Backend.TRITON and not fits:
+        raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
+                         f"tensors) outside tracing, got a {v.dtype} tensor on {v.device}")
+    return fits
+
+
 def patchwise_aggregation(v: Tensor, weight: Tensor, *, kernel_size: int, stride: int = 1,
-                          dilation: int = 1) -> Tensor:
+                          dilation: int = 1, backend: Backend | str = Backend.AUTO) -> Tensor:
     """``out[b, c, i] = sum_j weight[b, c % Cw, j, i] * v_pad[b, c, window_j(i)]`` (module docstring).
 
     Pads ``v`` once and accumulates one shifted view per window offset, so the
     peak extra memory is about one padded copy of ``v`` (autograd keeps only
     views).  Works in any floating dtype and under autocast (the output takes
-    the promoted dtype of ``v`` and ``weight``).
+    the promoted dtype of ``v`` and ``weight``).  ``backend``: ``'auto'``
+    (Triton kernels for CUDA tensors where Triton imports, outside tracing),
+    ``'eager'`` (this path) or ``'triton'`` (CPU tensors need ``TRITON_INTERPRET=1``).
     """
     _check(v, weight, kernel_size, stride, dilation)
+    if _use_triton(v, backend):
+        from .triton_patchwise import patchwise_aggregation_triton
+
+        return patchwise_aggregation_triton(v, weight, kernel_size=kernel_size, stride=stride, dilation=dilation)
     b, c, h, w = v.shape
     cw = weight.shape[1]
     ho, wo = patchwise_output_size(h, w, stride)

@@ -54,8 +54,20 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, **extra: Any)
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     try:
         return timm.create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {cfg.model!r} rejected its arguments {sorted(kwargs)}: {e}") from None
+    except (TypeError, ValueError, IndexError, KeyError, AssertionError) as e:
+        hint = _valid_out_indices(cfg.model, kwargs) if "out_indices" in kwargs else ""
+        raise ValueError(f"model {cfg.model!r} rejected its arguments {sorted(kwargs)}: "
+                         f"{type(e).__name__}: {' '.join(str(e).split())[:200]}{hint}") from None
+
+
+def _valid_out_indices(name: str, kwargs: dict[str, Any]) -> str:
+    """``; valid out_indices: 0..N-1`` from the model's ``feature_info`` (built without ``features_only``)."""
+    plain = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices", "feature_cls")}
+    try:
+        n = len(timm.create_model(name, **plain).feature_info)
+    except Exception:
+        return ""
+    return f"; valid out_indices: 0..{n - 1} (negative counts from the end)"
 
 
 def resolve_data(cfg: TrainConfig, model: nn.Module, info: DatasetInfo) -> dict[str, Any]:

@@ -1,15 +1,24 @@
-"""Checkpoints: atomic writes, ``weights_only`` loads, RNG capture, safetensors export.
+"""Checkpoints: the one place that reads, unwraps and writes weights for training, eval and export.
 
-A checkpoint holds only tensors and plain containers (dict/list/tuple/str/number),
-so ``torch.load(weights_only=True)`` reads it; the config is stored as a plain dict.
+Reading goes through :func:`acmix.models._builder.load_checkpoint_file` (the
+models' reader: ``weights_only`` first, then an allow-list that never runs
+pickled code); every failure becomes one :class:`CheckpointError` line naming
+the file.  Writing goes through :func:`atomic_write` (temporary file in the
+same folder, fsync, rename), which keeps the previous file when the disk is
+full and gives the result the folder's usual file mode.  A checkpoint holds only
+tensors and plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
+import re
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["atomic_save", "capture_rng", "export_safetensors", "extract_state_dict", "load_checkpoint",
-           "restore_rng", "unwrap"]
+__all__ = ["WEIGHT_SUFFIXES", "CheckpointError", "atomic_save", "atomic_write", "capture_rng", "check_writable",
+           "export_safetensors", "extract_state_dict", "load_checkpoint", "load_weights", "read_error",
+           "remove_stale_temps", "restore_rng", "save_weights", "unwrap"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, written or used, with the file in the message."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -32,77 +48,186 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
+# --------------------------------------------------------------------------- writing
+def _file_mode() -> int:
+    """The mode ``open()`` gives new files here (0o666 less the umask); ``mkstemp`` would give 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _disk_full(e: BaseException, folder: Path, needed: int) -> bool:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    # torch.save reports a failed write as RuntimeError("... unexpected pos ..."): ask the disk
+    return isinstance(e, RuntimeError) and shutil.disk_usage(folder).free < needed + (1 << 20)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], size_hint: int = 0) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
 
     A failure at any point leaves an existing file at ``path`` untouched and no
-    temporary file behind.
+    temporary file behind; a full disk raises :class:`CheckpointError` saying so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)) and _disk_full(e, path.parent, size_hint):
+            raise CheckpointError(f"no space left on device writing {path} (needed ~{size_hint / 2**20:.0f} MB); "
+                                  f"the previous {path.name} is kept") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
-        return
+        return path
     try:
         os.fsync(dir_fd)
     except OSError:
         pass
     finally:
         os.close(dir_fd)
+    return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), _tensor_bytes(obj))
+
+
+def save_weights(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """A state dict in the format the extension names: ``.safetensors``, or ``torch.save`` for ``.pth/.pt/.bin``."""
+    path = Path(path)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown weights format {path.suffix or '(no extension)'!r}; "
+                              f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata), _tensor_bytes(sd))
+    return atomic_save(sd, path)
+
+
+def export_safetensors(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """The model's state dict (contiguous CPU copies) to safetensors, atomically."""
+    return save_weights(unwrap(model).state_dict(), path, metadata)
+
+
+def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files that killed saves of ``names`` left in ``folder`` (``.NAME.*.tmp``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Create ``folder`` and write a probe file in it now, before any work that would be lost."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"{what} {folder} is not writable ({e.strerror or e})") from None
+    return folder
+
+
+# --------------------------------------------------------------------------- reading
+_GLOBAL = re.compile(r"(?:global|GLOBAL)\s+([\w.]+)")
+
+
+def read_error(path: str | Path, e: BaseException) -> CheckpointError:
+    """One line for a file torch cannot (or must not) read; never torch's advice to disable weights_only."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "refusing" in text:
+        found = _GLOBAL.search(text)
+        name = found.group(1) if found else "?"
+        return CheckpointError(f"{path}: refused: the file needs the Python global {name}, which a weights-only "
+                               f"checkpoint never holds (not loaded with weights_only=True; nothing was run)")
+    first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated or another format: "
+                           f"{type(e).__name__}: {first.split('. ')[0][:120]})")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint (or a bare state dict) with ``weights_only=True``; safetensors files too."""
+    """Read a checkpoint, a bare state dict or a safetensors file as a dict, or raise one clear error."""
+    from acmix.models._builder import load_checkpoint_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device=str(map_location))
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = load_checkpoint_file(path, map_location=map_location)
+    except MemoryError:
+        raise
     except Exception as e:
-        raise ValueError(f"{path}: cannot load with weights_only=True ({type(e).__name__}: {e})") from None
+        raise read_error(path, e) from None
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return dict(obj)
 
 
 def extract_state_dict(ckpt: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The model weights in a checkpoint: ours (``model``/``ema``), common wrappers, or a bare state dict."""
+    """The model weights in a checkpoint: ours (``model``/``ema``), common wrappers, or a bare state dict.
+
+    Unwrapping (``module.`` prefixes, non-tensor entries) is the models' own
+    :func:`acmix.models._builder.unwrap_state_dict`; ``torch.compile``'s
+    ``_orig_mod.`` prefix is removed here.
+    """
+    from acmix.models._builder import unwrap_state_dict
+
     if use_ema:
-        if "ema" not in ckpt or ckpt["ema"] is None:
-            raise ValueError("--use-ema: the checkpoint has no EMA weights")
-        sd = ckpt["ema"]
+        sd = next((ckpt[k] for k in ("ema", "state_dict_ema", "model_ema") if isinstance(ckpt.get(k), Mapping)), None)
+        if sd is None:
+            raise CheckpointError("--use-ema: the checkpoint has no EMA weights")
     else:
-        sd = ckpt
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in ckpt and isinstance(ckpt[key], Mapping):
-                sd = ckpt[key]
-                break
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        for prefix in ("module.", "_orig_mod."):
-            k = k.removeprefix(prefix)
-        out[k] = v
+        sd = next((ckpt[k] for k in ("model", "state_dict", "model_state_dict") if isinstance(ckpt.get(k), Mapping)),
+                  ckpt)
+    out = {k.replace("_orig_mod.", ""): v for k, v in unwrap_state_dict(sd).items()}
     if not out:
-        raise ValueError("the checkpoint holds no tensors")
+        raise CheckpointError("the checkpoint holds no tensors")
     return out
 
 
+def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Strict load; missing/unexpected keys and shape mismatches become one :class:`CheckpointError`."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in sd and sd[k].shape != v.shape]
+    problems = [f"{name} {items[:4]}{'...' if len(items) > 4 else ''}" for name, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems))
+    model.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------- RNG states
 def _np_state_to_tensor(state: tuple) -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = state
     return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
@@ -130,21 +255,3 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def export_safetensors(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """The model's state dict (contiguous CPU copies, shared tensors de-duplicated) to safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

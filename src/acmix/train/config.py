@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .checks import validate_train
+
 __all__ = ["TrainConfig", "effective_lr", "list_presets", "load_preset", "resolve_config", "validate"]
 
 
@@ -23,6 +25,7 @@ class TrainConfig:
     model: str = "acmix_resnet_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+    init_from: str | None = None  # start a new run from these weights (our checkpoint, a state dict, safetensors)
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
     # data
@@ -87,6 +90,7 @@ class TrainConfig:
     # outputs
     output: str = "runs/train"
     resume: str | None = None
+    overwrite: bool = False  # a fresh run may replace the previous run in `output`
     checkpoint_every: int = 0  # also save `last` every N optimizer steps (0: at epoch ends only)
     eval_every: int = 1  # evaluate every N epochs (the last epoch always)
     log_interval: int = 50
@@ -98,14 +102,6 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_CHOICES = {
-    "dataset": ("auto", "fmnist", "imagefolder"),
-    "lr_base_scale": ("linear", "sqrt"),
-    "clip_mode": ("norm", "value", "agc"),
-    "amp_dtype": ("auto", "bfloat16", "float16"),
-}
-
-
 def list_presets() -> list[str]:
     """Names of the packaged presets (``acmix/train/presets/*.json``)."""
     folder = resources.files("acmix.train") / "presets"
@@ -155,30 +151,8 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the first bad setting."""
-    for name, choices in _CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise ValueError(f"{name}={getattr(cfg, name)!r} is not one of {', '.join(map(repr, choices))}")
-    positive = ("epochs", "batch_size", "grad_accum", "lr_base_size", "log_interval")
-    for name in positive:
-        if int(getattr(cfg, name)) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)!r}")
-    for name in ("workers", "max_steps", "train_subset", "val_subset", "checkpoint_every", "eval_every",
-                 "warmup_epochs", "threads", "cooldown_epochs"):
-        if int(getattr(cfg, name)) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
-    if cfg.lr is not None and cfg.lr <= 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr!r}")
-    if not 0.0 <= cfg.smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {cfg.smoothing!r}")
-    if len(cfg.scale) != 2 or not 0 < cfg.scale[0] <= cfg.scale[1] <= 1:
-        raise ValueError(f"scale must be [min, max] with 0 < min <= max <= 1, got {cfg.scale!r}")
-    if cfg.input_size is not None and len(cfg.input_size) != 3:
-        raise ValueError(f"input_size must be [C, H, W], got {cfg.input_size!r}")
-    if cfg.clip_grad is not None and cfg.clip_grad <= 0:
-        raise ValueError(f"clip_grad must be > 0, got {cfg.clip_grad!r}")
-    if cfg.drop_path_rate is not None and not 0 <= cfg.drop_path_rate < 1:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {cfg.drop_path_rate!r}")
+    """Raise ``ValueError`` naming the first bad setting (types, ranges, choices)."""
+    validate_train(cfg)
 
 
 def effective_lr(cfg: TrainConfig, world_size: int) -> float:

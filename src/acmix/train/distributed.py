@@ -93,7 +93,3 @@ def all_gather_objects(obj: Any) -> list[Any]:
     dist.all_gather_object(out, obj)
     return out
 
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

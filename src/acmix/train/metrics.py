@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 __all__ = ["MetricsLogger", "plot_metrics", "topk_correct"]
@@ -101,6 +100,3 @@ def plot_metrics(rows: list[Mapping[str, Any]], path: str | Path) -> Path | None
     plt.close(fig)
     return path
 
-
-def as_float(x: Tensor | float) -> float:
-    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
