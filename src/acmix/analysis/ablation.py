@@ -50,8 +50,8 @@ LABELS = {"learned": "learned a/b", "fixed": "fixed 0.5/0.5", "attention": "atte
           "grouped": "grouped kernels"}
 
 # The fmnist preset's recipe, sized for 7 distinct variants x 3 seeds in <= 90 min on 2 idle CPU cores:
-# the variants' measured training costs add up to 5.6 runs of the default layer, which trains at ~915 img/s
-# there, so one epoch of all 21 runs is ~18.5 min; 3 epochs plus evaluation ~60 min (1.5x margin).
+# the variants' measured training costs add up to 5.5 runs of the default layer, which trains at ~915 img/s
+# there, so one epoch of all 21 runs is ~18 min; 3 epochs plus evaluation ~57 min (1.5x margin).
 DEFAULT_RECIPE: dict[str, Any] = {
     "data": "fmnist", "epochs": 3, "batch_size": 128, "opt": "adamw", "lr": 4e-3, "weight_decay": 0.05,
     "sched": "cosine", "min_lr": 1e-5, "smoothing": 0.0, "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 0.0,
