@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
 import timm
 from safetensors.torch import save_file
 
@@ -48,7 +47,6 @@ def test_shift_speed(tmp_path):
 
 
 def test_family_speed(tmp_path):
-    pytest.importorskip("acmix.analysis.model_bench", reason="the model benchmark is on the benchmark branch")
     out = tmp_path / "fam"
     assert main(["paper", "family-speed", "--quick", "--device", "cpu", "--models", "acmix_resnet_tiny",
                  "--out", str(out)]) == 0
@@ -84,8 +82,9 @@ def test_ablation_and_rates(fmnist_dir, tmp_path, capsys):
 
 
 def test_pair_ratios():
-    from acmix.analysis.speed import pair_ratios
+    from acmix.analysis.speed import family_pairs, pair_ratios
 
+    assert ("acmix_swin_tiny", "swin_tiny_patch4_window7_224") in family_pairs()
     rows = [{"model": m, "mode": mode, "img_s": s} for m, mode, s in
             (("a", "infer", 30.0), ("b", "infer", 20.0), ("a", "train", 9.0), ("c", "train", 3.0))]
     out = pair_ratios(rows, pairs=[("a", "b"), ("a", "c"), ("a", "d")])

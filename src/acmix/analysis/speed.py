@@ -20,13 +20,10 @@ from ..nn import ACmix
 from ..ops.config import ShiftMode
 from .timing import check_device, time_ms
 
-__all__ = ["FAMILY_PAIRS", "STAGE_SHAPES", "family_speed", "pair_ratios", "shift_speed"]
+__all__ = ["STAGE_SHAPES", "family_pairs", "family_speed", "pair_ratios", "shift_speed"]
 
 STAGE_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-50's 3x3 layers: channels, size
 SHIFT_MODES = tuple(m.value for m in ShiftMode)
-FAMILY_PAIRS = (("acmix_resnet50", "conv_resnet50"), ("acmix_resnet50", "sasa_resnet50"),
-                ("acmix_san10", "san10_patchwise"), ("acmix_pvt_tiny", "pvt_v1_tiny"),
-                ("acmix_swin_tiny", "conv_swin_tiny"))
 
 
 def shift_speed(*, shapes: Sequence[tuple[int, int]] = STAGE_SHAPES, modes: Sequence[str] = SHIFT_MODES,
@@ -67,22 +64,27 @@ def _step(layer: ACmix, x: torch.Tensor, kind: str) -> None:
 
 
 def family_speed(names: Sequence[str] | None = None, **bench_kwargs: Any) -> list[dict[str, Any]]:
-    """The model benchmark over ``names`` (default: every model of :data:`FAMILY_PAIRS`)."""
-    try:
-        from .model_bench import bench_models
-    except ImportError as e:
-        raise ValueError(f"the model benchmark (acmix.analysis.model_bench) is not available here: {e}") from None
+    """The model benchmark over ``names`` (default: every family's models, as ``acmix bench-models``)."""
+    from .model_bench import FAMILIES, bench_models
+
     if names is None:
-        names = list(dict.fromkeys(n for pair in FAMILY_PAIRS for n in pair))
+        names = list(dict.fromkeys(n for family in FAMILIES.values() for n in family))
     return bench_models(list(names), **bench_kwargs)
 
 
-def pair_ratios(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]] = FAMILY_PAIRS
+def family_pairs() -> list[tuple[str, str]]:
+    """(ACmix model, baseline or reference) for every family of the model benchmark."""
+    from .model_bench import FAMILIES
+
+    return [(models[-1], other) for models in FAMILIES.values() for other in models[:-1]]
+
+
+def pair_ratios(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]] | None = None
                 ) -> list[dict[str, Any]]:
-    """Per (ACmix model, baseline, mode) measured: throughput of each and their ratio."""
+    """Per (ACmix model, baseline, mode) measured: throughput of each and their ratio (default :func:`family_pairs`)."""
     speed = {(r["model"], r["mode"]): r["img_s"] for r in rows}
     out = []
-    for model, base in pairs:
+    for model, base in family_pairs() if pairs is None else pairs:
         for mode in dict.fromkeys(r["mode"] for r in rows):
             if (model, mode) in speed and (base, mode) in speed:
                 out.append({"model": model, "baseline": base, "mode": mode, "img_s": speed[model, mode],
