@@ -162,17 +162,22 @@ def test_nan_stays_in_its_windows(size, stride, dilation, mode, monkeypatch):
     torch.testing.assert_close(out[..., finite], ref[..., finite], rtol=1e-10, atol=1e-10)
 
 
-def test_large_dilation_gathers_windows_exactly(monkeypatch):
-    monkeypatch.setattr(fast_mod, "GLOBAL_MAX", 0)
-    layer = make_layer((4, 8, 2, 7, 3, 2, 9, {}), dtype=torch.float64)
-    x = torch.randn(2, 4, 13, 11, dtype=torch.float64, requires_grad=True)
-    out = acmix(x, layer.weights(), layer.config, backend="eager")
+def _assert_matches_reference(layer, x, backend, tol=1e-10):
+    """Values and the gradients of the input and every parameter, in float64."""
+    x = x.requires_grad_()
+    out = acmix(x, layer.weights(), layer.config, backend=backend)
     ref = acmix_reference(x, layer.weights(), layer.config)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     go = torch.randn_like(out)
     params = [x, *layer.parameters()]
     for a, b in zip(torch.autograd.grad(out, params, go), torch.autograd.grad(ref, params, go)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_large_dilation_gathers_windows_exactly(monkeypatch):
+    monkeypatch.setattr(fast_mod, "GLOBAL_MAX", 0)
+    layer = make_layer((4, 8, 2, 7, 3, 2, 9, {}), dtype=torch.float64)
+    _assert_matches_reference(layer, torch.randn(2, 4, 13, 11, dtype=torch.float64), "eager")
 
 
 def test_huge_dilation_memory_is_bounded():
@@ -196,15 +201,9 @@ def test_layer_on_triton_matches_reference(entry, monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     layer = make_layer(entry, dtype=torch.float64, seed=1)
-    x = torch.randn(2, entry[0], 9, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, entry[0], 9, 7, dtype=torch.float64)
     assert resolve_backend(x, layer.config, "triton") is Backend.TRITON
-    out = acmix(x, layer.weights(), layer.config, backend="triton")
-    ref = acmix_reference(x, layer.weights(), layer.config)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    go = torch.randn_like(out)
-    params = [x, *layer.parameters()]
-    for a, b in zip(torch.autograd.grad(out, params, go), torch.autograd.grad(ref, params, go)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    _assert_matches_reference(layer, x, "triton", tol=1e-9)
 
 
 def test_auto_leaves_the_interpreter_to_explicit_requests(monkeypatch):
