@@ -8,8 +8,8 @@ replaced by ACmix layers (``acmix.nn.replace.replace_convs``; 4.2M parameters)
 and timm's plain ``resnet10t`` (4.9M).  Both are scored with COCO box and mask
 mAP (pycocotools) on held-out canvases built from the test split.
 
-    python examples/fmnist_detection.py                 # minutes on 2 CPU cores
-    python examples/fmnist_detection.py --quick         # a smoke run (seconds)
+    python examples/fmnist_detection.py                 # 300 steps per backbone (see the README for timing)
+    python examples/fmnist_detection.py --quick         # a smoke run
 """
 
 from __future__ import annotations

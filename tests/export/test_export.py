@@ -1,5 +1,5 @@
 """Export with dynamic batch/H/W: torch.export programs and ONNX files (onnxruntime parity, max |diff| <= 1e-4 x
-the output's largest magnitude in float32), for the ACmix layer and the ResNet, SAN and PVT families."""
+max(1, the output's largest magnitude) in float32), for the ACmix layer and the ResNet, SAN and PVT families."""
 
 from __future__ import annotations
 
