@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(args.model_kwargs)
     if args.checkpoint:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=args.checkpoint))
-    model = timm.create_model(args.model, in_chans=args.in_chans, **kwargs).eval()
-    shape = (args.batch, args.in_chans, *args.size)
-    shapes = [shape, (args.batch + 1, args.in_chans, *args.check_size)]
+    chans = kwargs.setdefault("in_chans", args.in_chans)  # --model-kwargs may set it too
+    model = timm.create_model(args.model, **kwargs).eval()
+    shape = (args.batch, chans, *args.size)
+    shapes = [shape, (args.batch + 1, chans, *args.check_size)]
     example = torch.randn(shape)
     if args.exported_program:
         program = export_program(model, example)
