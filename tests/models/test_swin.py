@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import acmix  # noqa: F401
+from acmix.checkpoint_io import ConfigStub, load_checkpoint_file
 from acmix.models import acmix_swin
-from acmix.models._builder import ConfigStub, load_checkpoint_file
 from acmix.models.acmix_swin import SwinACmix, SwinACmixBlock
 from acmix.ops import shift_kernel
 from helpers import randomize_
