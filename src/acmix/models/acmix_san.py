@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ..checkpoint_io import unwrap_state_dict
 from ..nn.parts import ConvPathMixer, resolve_combination
-from ..ops.config import Combination, ShiftMode, check_positive
+from ..ops.config import Combination, ShiftMode, check_odd, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
 from ._builder import no_weight_decay_names
 
@@ -95,10 +95,9 @@ class SAM(ConvPathMixer):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_planes", in_planes), ("rel_planes", rel_planes), ("out_planes", out_planes),
-                            ("share_planes", share_planes), ("kernel_size", kernel_size)):
+                            ("share_planes", share_planes)):
             check_positive(value, name)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        check_odd(kernel_size, "kernel_size")
         if out_planes % share_planes:
             raise ValueError(f"out_planes={out_planes} is not divisible by share_planes={share_planes}")
         dd = {"device": device, "dtype": dtype}

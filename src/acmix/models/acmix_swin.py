@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from ..checkpoint_io import load_checkpoint_file, save_weights, unwrap_state_dict
 from ..nn.parts import ConvPathMixer
 from ..ops import Combination, ShiftMode
+from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names, reset_linear_head
 
 __all__ = [
@@ -293,8 +294,7 @@ class SwinACmix(nn.Module):
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths={depths!r} and num_heads={num_heads!r} differ in length")
-        if window_size <= 0:
-            raise ValueError(f"window_size must be positive, got {window_size!r}")
+        check_positive(window_size, "window_size")
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.drop_rate = num_classes, drop_rate
         self.global_pool = check_global_pool(global_pool, _POOLS)
