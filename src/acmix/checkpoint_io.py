@@ -76,7 +76,7 @@ CONFIG_STUBS: frozenset[tuple[str, str]] = frozenset({
 })
 
 
-class ConfigStub(dict):
+class ConfigStub(dict[str, Any]):
     """Stands in for a pickled config object: its items, no behaviour, no attributes restored."""
 
     def __setstate__(self, state: Any) -> None:
@@ -98,7 +98,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-def _restricted_load(file, **kwargs) -> Any:
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
     return _RestrictedUnpickler(file, **kwargs).load()
 
 
@@ -107,7 +107,7 @@ _restricted_pickle = types.SimpleNamespace(
 )
 
 
-def load_checkpoint_file(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
+def load_checkpoint_file(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> Any:
     """Read a checkpoint file without executing arbitrary pickled code (see the module docstring)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -165,7 +165,7 @@ def _disk_full(e: BaseException, folder: Path, needed: int) -> bool:
     return isinstance(e, RuntimeError) and shutil.disk_usage(folder).free < needed + (1 << 20)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], size_hint: int = 0) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], size_hint: int = 0) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
 
     A failure at any point leaves an existing file at ``path`` untouched and no
@@ -200,12 +200,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], size_hin
     return path
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` through :func:`atomic_write`."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp), _tensor_bytes(obj))
 
 
-def check_weights_suffix(path: str | os.PathLike) -> Path:
+def check_weights_suffix(path: str | os.PathLike[str]) -> Path:
     """``path`` as a :class:`~pathlib.Path` if its extension is one of :data:`WEIGHT_SUFFIXES`, else one error line."""
     path = Path(path)
     if path.suffix not in WEIGHT_SUFFIXES:
@@ -214,7 +214,7 @@ def check_weights_suffix(path: str | os.PathLike) -> Path:
     return path
 
 
-def save_weights(sd: Mapping[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None,
+def save_weights(sd: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None,
                  *, any_suffix: bool = False) -> Path:
     """A state dict (contiguous CPU copies), atomically, in the format the extension names:
     ``.safetensors``, or ``torch.save`` for ``.pth/.pt/.bin`` (for any other with ``any_suffix``)."""

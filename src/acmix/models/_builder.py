@@ -6,6 +6,8 @@ shared with training.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -32,7 +34,7 @@ def check_global_pool(global_pool: str, pools: tuple[str, ...]) -> str:
     return global_pool
 
 
-def reset_linear_head(model: nn.Module, num_classes: int, global_pool: str | None, pools: tuple[str, ...],
+def reset_linear_head(model: Any, num_classes: int, global_pool: str | None, pools: tuple[str, ...],
                       like: Tensor) -> nn.Module:
     """timm's ``reset_classifier`` for a linear head: check and set ``model.global_pool`` (one of
     ``pools``), set ``model.num_classes``, and return the new head on ``like``'s device and dtype."""
