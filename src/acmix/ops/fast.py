@@ -290,22 +290,20 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
                              kernel_att=cfg.kernel_att, kernel_conv=cfg.kernel_conv, stride=s,
                              dilation=cfg.dilation)
 
-    parts = []
-    if cfg.has_attention:
-        q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
-        qs = q[..., ::s, ::s]
-        r = None
-        if pe_w is not None:
-            r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
-        if backend is Backend.TRITON:
-            from .triton_attention import window_attention_triton
-
-            parts.append(window_attention_triton(q, r, k, v, **args))
-        else:
-            parts.append(attention_eager(qs.contiguous(), r, k, v, **args))
+    conv = None
     if cfg.has_conv:
-        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2,
-                              groups=hd))
-    if len(parts) == 1:
-        return parts[0]
-    return w.rate_att * parts[0] + w.rate_conv * parts[1]
+        conv = F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2, groups=hd)
+        if not cfg.has_attention:
+            return conv
+    q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
+    qs = q[..., ::s, ::s]
+    r = None
+    if pe_w is not None:
+        r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
+    if backend is Backend.TRITON:  # the rate combination runs in the kernel's epilogue
+        from .triton_attention import window_attention_triton
+
+        mix = {"conv": conv, "rate_att": w.rate_att, "rate_conv": w.rate_conv} if conv is not None else {}
+        return window_attention_triton(q, r, k, v, **args, **mix)
+    att = attention_eager(qs.contiguous(), r, k, v, **args)
+    return att if conv is None else w.rate_att * att + w.rate_conv * conv

@@ -1,0 +1,296 @@
+"""ACmix's window attention as fused Triton kernels, forward and backward (CUDA; CPU through the interpreter).
+
+Forward.  One program per (batch x head, 2-D tile of TH x TW output pixels).
+The tile's queries sit at ``(i*s, j*s)`` of the full-resolution query map, so
+stride 2 reads only the strided pixels.  The keys every query of the tile can
+see form one halo of ``s*(TH-1) + dil*(k-1) + 1`` rows by as many columns of
+the reflect-padded grid; the program loads that halo of k and v once, through
+source indices it computes itself with the iterated reflection of
+``common.reflect_index`` (a border key sits in the halo as often as the padding
+repeats it, which is exactly the reference's multiplicity).  Nothing padded,
+no mask and no multiplicity tensor exists in memory: the window mask of query
+``(u, v)`` is "row offset from ``u*s`` in ``{0, dil, .., dil*(k-1)}``" and the
+same for columns, evaluated from indices.  The position term is the rewrite
+``logit = scale * q.k_j - r.loc_j`` with ``loc_j`` the location of the key's
+*source* pixel, also computed from indices.  The whole window fits the halo
+block, so the softmax is one-shot (no online rescaling); the program stores
+the log-sum-exp per query for the backward.
+
+Backward, deterministic and without atomics (the split of Triton's
+fused-attention tutorial).  ``attention_bwd_query`` uses the forward's tiling,
+recomputes ``P = exp(logit - lse)`` and writes dQ (at the strided pixels) and
+dR; ``attention_bwd_key`` runs over tiles of the reflect-padded key grid, finds
+the query rows and columns whose windows reach the tile, recomputes ``P``
+transposed and writes dK, dV per *padded* position; gathers and sums in a fixed
+order then fold the padded grid onto the source pixels (the reflect-pad
+backward).  The dQ kernel also writes ``delta = dO . O = sum_j P_j (dO . v_j)``
+for the dK/dV kernel, so the output itself is not kept for the backward: only
+q, k, v (views of the input), r and the log-sum-exp are.  Optionally the
+forward writes the layer's ``rate_att * attention + rate_conv * conv``
+directly (the rates' gradients come from the same ``delta``).
+
+Why exact: every logit, mask entry and location is the reference's, evaluated
+in float32 (float64 for float64 inputs) with the softmax in that precision;
+float32 dots on the GPU run as ``tf32x3`` (three TF32 products: float32-level
+error on tensor cores), float64 and interpreted ones as ``ieee``.  Masked
+entries are selected with ``tl.where`` and operands summed over the halo have
+their non-finite entries zeroed (put back, by counting, only for the queries
+whose window holds them), so a NaN or Inf pixel changes only the outputs whose
+windows contain it.
+See ``docs/fast-paths.md`` for the rewrites and how this path is dispatched.
+
+The kernels (``triton_kernels.py``) are decorated when that module runs, and
+Triton fixes compiled-vs-interpreted at that moment; :func:`_kernels` loads one
+copy per mode, so CUDA tensors use compiled kernels and CPU tensors the
+interpreter whenever ``TRITON_INTERPRET=1`` (the default test suite); with it
+set, CUDA tensors are interpreted too, as Triton itself would.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "interpreting", "window_attention_triton"]
+
+_KERNELS = Path(__file__).with_name("triton_kernels.py")
+_lock = threading.Lock()
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # a constant: torch.compile traces through it
+
+
+def interpreting() -> bool:
+    """Whether CPU tensors run the kernels through Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(x: Tensor) -> bool:
+    """Whether the Triton path can run on ``x``: Triton importable and ``x`` on CUDA, or a CPU tensor
+    while :func:`interpreting`; floating dtypes only."""
+    if x.dtype not in _DTYPES or not _HAS_TRITON:
+        return False
+    if x.device.type == "cuda":
+        return True
+    return x.device.type == "cpu" and interpreting()
+
+
+@functools.cache
+def _kernels(interpret: bool):
+    """``triton_kernels.py`` executed with ``TRITON_INTERPRET`` set to ``interpret`` (a module per mode)."""
+    with _lock:
+        name = f"acmix.ops._triton_kernels_{'interpreted' if interpret else 'compiled'}"
+        spec = importlib.util.spec_from_file_location(name, _KERNELS)
+        module = importlib.util.module_from_spec(spec)
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            if old is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+        sys.modules[name] = module
+        return module
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int,
+                 interpret: bool):
+    """Pointers' strides, sizes and constexprs shared by the three kernels."""
+    import triton.language as tl
+
+    _, heads, hd, h, w = k.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    rs = r.stride() if r is not None else (0,) * 5
+    strides = (*q.stride(), *rs, *k.stride(), *v.stride())
+    meta = {"KA": kernel, "S": stride, "DIL": dilation, "HAS_R": r is not None,
+            "ACC": tl.float64 if q.dtype == torch.float64 else tl.float32,
+            # float32 on the GPU: three TF32 products per dot (float32-level error, tensor cores); the
+            # plain "ieee" float32 dot runs on FMA units and takes minutes to compile at these tile sizes
+            "PREC": "tf32x3" if q.dtype == torch.float32 and not interpret else "ieee",
+            "BLOCK_D": max(16, 1 << (hd - 1).bit_length())}
+    return strides, (heads, hd, h, w, ho, wo), meta
+
+
+def _query_grid(n: int, ho: int, wo: int):
+    return lambda m: (-(-ho // m["TH"]) * -(-wo // m["TW"]), n)
+
+
+def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
+    """Strides of ``(B, heads*hd, Ho, Wo)`` read as ``(B, heads, hd, Ho, Wo)``, without a copy."""
+    sb, sc, sy, sx = t.stride()
+    return sb, hd * sc, sc, sy, sx
+
+
+@torch.library.custom_op("acmix::window_attention_triton", mutates_args=())
+def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | None, rate_att: Tensor | None,
+             rate_conv: Tensor | None, scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor]:
+    interpret = q.device.type != "cuda" or interpreting()
+    mod = _kernels(interpret)
+    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
+    heads, hd, _, _, ho, wo = sizes
+    b = q.shape[0]
+    acc = _acc(q.dtype)
+    out = q.new_empty(b, heads * hd, ho, wo)
+    lse = torch.empty(b * heads, ho, wo, device=q.device, dtype=acc)
+    scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
+    mix = conv is not None
+    rates = (rate_att.to(acc), rate_conv.to(acc)) if mix else (None, None)
+    cstrides = _split_heads(conv, hd) if mix else (0,) * 5
+    mod.attention_fwd[_query_grid(b * heads, ho, wo)](
+        q, r, k, v, out, lse, scale_t, conv, *rates, *strides, *_split_heads(out, hd), *cstrides, *sizes,
+        MIX=mix, **meta)
+    return out, lse
+
+
+@_forward.register_fake
+def _(q, r, k, v, conv, rate_att, rate_conv, scale, kernel, stride, dilation):
+    b, heads, hd, h, w = k.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, ho, wo, dtype=_acc(q.dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _fold_index(size: int, pad: int, device: torch.device) -> Tensor:
+    """``(size, m)``: the padded positions that reflect onto each source pixel, ``size + 2 pad`` (a zero slot
+    the caller appends) filling the rows of pixels with fewer than ``m`` copies."""
+    from .common import reflect_index
+
+    src = reflect_index(size, pad).tolist()
+    copies = [[p for p, s in enumerate(src) if s == i] for i in range(size)]
+    m = max(len(c) for c in copies)
+    return torch.tensor([c + [len(src)] * (m - len(c)) for c in copies], device=device)
+
+
+def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
+    """The reflect-pad backward of ``(n, c, H + 2 pad, W + 2 pad)``, as gathers and sums in a fixed order.
+
+    A one-hot matrix product would be shorter, but ``0 * nan`` would spread a non-finite gradient everywhere.
+    """
+    n, c = t.shape[:2]
+    rows, cols = _fold_index(h, pad, t.device), _fold_index(w, pad, t.device)
+    t = torch.nn.functional.pad(t, (0, 1, 0, 1))
+    t = t.index_select(2, rows.flatten()).view(n, c, h, rows.shape[1], -1).sum(3)
+    return t.index_select(3, cols.flatten()).view(n, c, h, w, cols.shape[1]).sum(4)
+
+
+@torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
+def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor,
+                 rate_att: Tensor | None, scale: float, kernel: int, stride: int,
+                 dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    interpret = q.device.type != "cuda" or interpreting()
+    mod = _kernels(interpret)
+    strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
+    heads, hd, h, w, ho, wo = sizes
+    b, n = q.shape[0], q.shape[0] * heads
+    acc = _acc(q.dtype)
+    delta = torch.empty(n, ho, wo, device=q.device, dtype=acc)  # written by the dQ kernel, read by the dK/dV one
+    gs = _split_heads(gout, hd)
+    scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
+    ra = rate_att.to(acc) if rate_att is not None else torch.ones(1, device=q.device, dtype=acc)
+    args = (lse, delta, scale_t, ra)
+
+    # dq is zero off the strided query pixels; dr is empty without a position term
+    dq = (torch.zeros if stride > 1 else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
+    dr = torch.empty(r.shape, device=q.device, dtype=r.dtype) if r is not None else q.new_empty(0)
+    drs = dr.stride() if r is not None else (0,) * 5
+    mod.attention_bwd_query[_query_grid(n, ho, wo)](
+        q, r, k, v, gout, *args, dq, dr if r is not None else None, *strides, *gs, *dq.stride(), *drs,
+        *sizes, **meta)
+
+    pad = dilation * (kernel - 1) // 2
+    hp, wp = h + 2 * pad, w + 2 * pad
+    dk = torch.empty(n, hd, hp, wp, device=q.device, dtype=acc)
+    dv = torch.empty_like(dk)
+    mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
+        q, r, k, v, gout, *args, dk, dv, *strides, *gs, *sizes, **meta)
+    dk, dv = (_fold(t, h, w, pad).to(k.dtype).view(b, heads, hd, h, w) for t in (dk, dv))
+    return dq, dr, dk, dv, delta
+
+
+@_backward_op.register_fake
+def _(gout, q, r, k, v, lse, rate_att, scale, kernel, stride, dilation):
+    dr = torch.empty_like(r, memory_format=torch.contiguous_format) if r is not None else q.new_empty(0)
+    return q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
+
+
+def _setup(ctx, inputs, output):
+    q, r, k, v, conv, rate_att, rate_conv, scale, kernel, stride, dilation = inputs
+    ctx.save_for_backward(q, r, k, v, output[1], conv, rate_att, rate_conv)  # not the output (dO . O comes from P)
+    ctx.args = (scale, kernel, stride, dilation)
+
+
+def _backward(ctx, gout, _glse):
+    q, r, k, v, lse, conv, rate_att, rate_conv = ctx.saved_tensors
+    dq, dr, dk, dv, delta = _backward_op(gout, q, r, k, v, lse, rate_att, *ctx.args)
+    grads = [dq, dr if r is not None else None, dk, dv, None, None, None]
+    if conv is not None:  # out = ra * att + rc * conv; delta[i] = gout_i . att_i
+        grads[4:] = [(gout * rate_conv.to(gout.dtype)).to(conv.dtype), delta.sum().reshape(1).to(rate_att.dtype),
+                     (gout.to(delta.dtype) * conv.to(delta.dtype)).sum().reshape(1).to(rate_conv.dtype)]
+    return (*grads, None, None, None, None)
+
+
+_forward.register_autograd(_backward, setup_context=_setup)
+
+
+def _check(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int) -> None:
+    if k.dim() != 5:
+        raise ValueError(f"k must be 5-D (B, heads, head_dim, H, W), got shape {tuple(k.shape)}")
+    if q.shape != k.shape or v.shape != k.shape:
+        raise ValueError(f"q, k, v must share one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not q.dtype == k.dtype == v.dtype or q.dtype not in _DTYPES:
+        raise ValueError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    for name, val in (("kernel", kernel), ("stride", stride), ("dilation", dilation)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if kernel % 2 == 0:
+        raise ValueError(f"kernel must be odd, got {kernel}")
+    b, heads, _, h, w = k.shape
+    want = (b, heads, 2, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    if r is not None and tuple(r.shape) != want:
+        raise ValueError(f"r has shape {tuple(r.shape)}, expected {want}")
+
+
+def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale: float, kernel: int,
+                            stride: int, dilation: int, conv: Tensor | None = None, rate_att: Tensor | None = None,
+                            rate_conv: Tensor | None = None) -> Tensor:
+    """ACmix window attention on the Triton kernels: ``(B, heads*hd, Ho, Wo)``.
+
+    The contract of :func:`acmix.ops.fast.attention_eager`, except that ``q`` is the
+    *full-resolution* query map ``(B, heads, hd, H, W)`` like ``k`` and ``v``; the
+    kernels read the strided pixels ``(i*stride, j*stride)``.  ``r`` (``(B, heads,
+    2, Ho, Wo)`` or None) is the position term ``W_p^T (scale q)`` at those pixels.
+    q, k, v, r may be any strided views (read in place).  Differentiable in q, r, k, v.
+
+    With ``conv`` (the convolution path's output, ``(B, heads*hd, Ho, Wo)``, any strides) and the
+    ``(1,)`` rates, the forward kernel writes the layer's ``rate_att * attention + rate_conv * conv``
+    itself (differentiable in all three too): the attention output never exists in memory.
+    """
+    _check(q, r, k, v, kernel, stride, dilation)
+    mixing = [t is not None for t in (conv, rate_att, rate_conv)]
+    if any(mixing) and not all(mixing):
+        raise ValueError("conv, rate_att and rate_conv go together: pass all three or none")
+    b, heads, hd, h, w = k.shape
+    want = (b, heads * hd, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    if conv is not None and (tuple(conv.shape) != want or rate_att.shape != (1,) or rate_conv.shape != (1,)):
+        raise ValueError(f"conv must be {want} and the rates (1,), got {tuple(conv.shape)}, "
+                         f"{tuple(rate_att.shape)}, {tuple(rate_conv.shape)}")
+    if not available(k):
+        raise RuntimeError(f"acmix: the Triton attention cannot run on a {k.device.type} {k.dtype} tensor "
+                           "(needs Triton and CUDA, or TRITON_INTERPRET=1 for CPU tensors)")
+    if r is not None:
+        r = r.to(q.dtype)
+    return _forward(q, r, k, v, conv, rate_att, rate_conv, float(scale), kernel, stride, dilation)[0]

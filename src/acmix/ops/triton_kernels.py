@@ -1,0 +1,345 @@
+"""The Triton kernels of :mod:`acmix.ops.triton_attention` (design: that module's docstring).
+
+This module imports Triton and decorates its kernels when it is executed, and
+Triton decides *then* whether a kernel is compiled for the GPU or run by its
+interpreter (``TRITON_INTERPRET``).  So :func:`acmix.ops.triton_attention._kernels`
+executes it once per mode as a separate module object; do not import it directly.
+
+Tensors are addressed as ``(batch, head, channel, y, x)`` through five strides
+each, so q, k, v, r and the gradients are read and written in place.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+INTERPRET = bool(triton.knobs.runtime.interpret)
+MAX_LOGITS = 32768  # most (query, key) logits one program holds; larger tiles are pruned (registers)
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _halo(tile: int, stride: int, extent: int) -> int:
+    """Padded-grid rows that ``tile`` consecutive output rows read: ``stride*(tile-1) + extent + 1``."""
+    return stride * (tile - 1) + extent + 1
+
+
+def _span(tile: int, stride: int, extent: int) -> int:
+    """Most output rows whose windows touch ``tile`` consecutive padded rows."""
+    return (tile - 1 + extent) // stride + 1
+
+
+def _query_heuristics(args):
+    e = args["DIL"] * (args["KA"] - 1)
+    hh, hw = _halo(args["TH"], args["S"], e), _halo(args["TW"], args["S"], e)
+    return {"HALO_W": hw, "BLOCK_K": _pow2(hh * hw), "BLOCK_Q": _pow2(args["TH"] * args["TW"])}
+
+
+def _key_heuristics(args):
+    e = args["DIL"] * (args["KA"] - 1)
+    qh, qw = _span(args["TH"], args["S"], e), _span(args["TW"], args["S"], e)
+    return {"SPAN_W": qw, "BLOCK_Q": _pow2(qh * qw), "BLOCK_K": _pow2(args["TH"] * args["TW"])}
+
+
+def _each(heuristics, *names):
+    """``triton.heuristics`` wants one function per meta-parameter."""
+    return {name: (lambda args, name=name: heuristics(args)[name]) for name in names}
+
+
+def _prune(heuristics):
+    def prune(configs, named_args, **kwargs):
+        kept = []
+        for cfg in configs:
+            blocks = heuristics({**named_args, **kwargs, **cfg.kwargs})
+            if blocks["BLOCK_K"] * blocks["BLOCK_Q"] <= MAX_LOGITS:
+                kept.append(cfg)
+        return kept or configs[-1:]  # the last config is the smallest tile
+
+    return prune
+
+
+def _configs(tiles, interpreted):
+    if INTERPRET:  # one fixed config, no benchmarking; big tiles, as the interpreter's cost is per program
+        return [triton.Config({"TH": interpreted[0], "TW": interpreted[1]}, num_warps=4)]
+    return [triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in tiles]
+
+
+QUERY_TILES = [(8, 16, 8), (8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
+KEY_TILES = [(8, 16, 8), (8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
+AUTOTUNE_KEY = ["H", "W", "HO", "WO", "HD", "KA", "S", "DIL"]
+
+
+@triton.jit
+def _reflect(p, size):
+    """Source index of padded-axis position ``p`` (already shifted by -pad): iterated reflection."""
+    period = tl.maximum(2 * (size - 1), 1)
+    m = p % period
+    m = tl.where(m < 0, m + period, m)  # C-style remainder on the GPU
+    return tl.where(m >= size, period - m, m)
+
+
+@triton.jit
+def _location(src, size, ACC: tl.constexpr):
+    """``src * 2/(size-1) - 1`` (-1 on a single-pixel axis), as ``common.position_grid``."""
+    step = 2.0 / tl.maximum(size - 1, 1).to(ACC)
+    return src.to(ACC) * step - 1.0
+
+
+@triton.jit
+def _in_window(rel, S: tl.constexpr, DIL: tl.constexpr, KA: tl.constexpr):
+    """Whether padded offset ``rel`` (from the window's corner) is one of the ``KA`` taps."""
+    return (rel >= 0) & (rel <= DIL * (KA - 1)) & (rel % DIL == 0)
+
+
+# Reductions through ``tl.reduce`` with Triton's own combine functions: what ``tl.sum``/``tl.max`` do, but
+# ``tl.sum`` and ``tl.max`` are themselves jit functions, decorated (compiled or interpreted) once when
+# ``triton.language`` is first imported, so they would pin the mode; ``tl.reduce`` is a builtin.
+@triton.jit
+def _sum(x, axis):
+    return tl.reduce(x, axis, tl.standard._sum_combine)
+
+
+@triton.jit
+def _max(x, axis):
+    return tl.reduce(x, axis, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _finite(x):
+    return tl.abs(x) < float("inf")
+
+
+@triton.jit
+def _with_nonfinite(acc, mask, x):
+    """``acc = sum_j w_ij x_j`` taken over finite ``x`` only, corrected to what the full sum is in IEEE
+    arithmetic where row ``i``'s window (``mask``, weights > 0) holds a NaN or an infinity of ``x``.
+
+    Counting with 0/1 matrices keeps ``0 * inf`` (keys of the halo outside the window) out of it.
+    """
+    m = mask.to(tl.float16)  # 0/1 in fp16, fp32 accumulation: exact counts on tensor cores
+    n_nan = tl.dot(m, (x != x).to(tl.float16))
+    n_pos = tl.dot(m, (x == float("inf")).to(tl.float16))
+    n_neg = tl.dot(m, (x == float("-inf")).to(tl.float16))
+    acc = tl.where(n_pos > 0, float("inf"), tl.where(n_neg > 0, float("-inf"), acc))
+    return tl.where((n_nan > 0) | ((n_pos > 0) & (n_neg > 0)), float("nan"), acc)
+
+
+@triton.jit
+def _rows(ptr, base, d, sd, y, sy, x, sx, mask):
+    """``(rows, BLOCK_D)`` block: pixel ``(y[i], x[i])``, channel ``d[j]`` (0 where masked)."""
+    return tl.load(ptr + base + d[None, :] * sd + y[:, None] * sy + x[:, None] * sx, mask=mask, other=0.0)
+
+
+@triton.jit
+def _query_tile(q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr,
+                sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+                skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
+                HEADS, HD, H, W, HO, WO,
+                KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """This program's query tile and its halo: indices, window mask, v, locations and the logits."""
+    pid_t = tl.program_id(0)
+    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
+    b = pid_n // HEADS
+    hh = pid_n % HEADS
+    tiles_w = (WO + TW - 1) // TW
+    ty = pid_t // tiles_w
+    tx = pid_t % tiles_w
+    pad = DIL * (KA - 1) // 2
+
+    qi = tl.arange(0, BLOCK_Q)
+    u = qi // TW
+    w = qi % TW
+    oy = ty * TH + u
+    ox = tx * TW + w
+    qvalid = (u < TH) & (oy < HO) & (ox < WO)
+    d = tl.arange(0, BLOCK_D)
+    dvalid = d < HD
+
+    kk = tl.arange(0, BLOCK_K)
+    kh = kk // HALO_W
+    kw = kk % HALO_W
+    kvalid = kh <= S * (TH - 1) + DIL * (KA - 1)
+    sy = _reflect(ty * TH * S + kh - pad, H)
+    sx = _reflect(tx * TW * S + kw - pad, W)
+    mask = (_in_window(kh[None, :] - u[:, None] * S, S, DIL, KA)
+            & _in_window(kw[None, :] - w[:, None] * S, S, DIL, KA) & kvalid[None, :])
+
+    qmask = qvalid[:, None] & dvalid[None, :]
+    kmask = kvalid[:, None] & dvalid[None, :]
+    q = _rows(q_ptr, b * sqb + hh * sqh, d, sqd, oy * S, sqy, ox * S, sqx, qmask)
+    k = _rows(k_ptr, b * skb + hh * skh, d, skd, sy, sky, sx, skx, kmask)
+    v = _rows(v_ptr, b * svb + hh * svh, d, svd, sy, svy, sx, svx, kmask)
+    scale = tl.load(scale_ptr).to(ACC)
+
+    logits = tl.dot(q, tl.trans(k), input_precision=PREC).to(ACC) * scale
+    lx = _location(sx, W, ACC)
+    ly = _location(sy, H, ACC)
+    if HAS_R:
+        rbase = r_ptr + b * srb + hh * srh + oy * sry + ox * srx
+        r0 = tl.load(rbase, mask=qvalid, other=0.0).to(ACC)
+        r1 = tl.load(rbase + src, mask=qvalid, other=0.0).to(ACC)
+        logits -= r0[:, None] * lx[None, :] + r1[:, None] * ly[None, :]
+    return pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale
+
+
+@triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
+@triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
+@triton.jit
+def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, ra_ptr, rc_ptr,
+                  sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+                  skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
+                  sob, soh, sod, soy, sox, scb, sch, scd, scy, scx,
+                  HEADS, HD, H, W, HO, WO, MIX: tl.constexpr,
+                  KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                  HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE.
+
+    With ``MIX`` it writes ``ra * attention + rc * conv`` (the layer's rate combination; ``conv`` read in place).
+    """
+    pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, _k, v, _lx, _ly, logits, _scale = _query_tile(
+        q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+        skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
+        KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
+    logits = tl.where(mask, logits, float("-inf"))
+    m = _max(logits, 1)
+    p = tl.where(mask, tl.exp(logits - m[:, None]), 0.0)
+    denom = _sum(p, 1)
+
+    fin = _finite(v)
+    acc = tl.dot(p.to(v.dtype), tl.where(fin, v, 0.0).to(v.dtype), input_precision=PREC).to(ACC)
+    if _sum(tl.where(fin, 0, 1), None) > 0:  # a non-finite value only reaches the queries whose window holds it
+        acc = _with_nonfinite(acc, mask, v)
+    out = acc / denom[:, None]
+    if MIX:
+        conv = _rows(c_ptr, b * scb + hh * sch, d, scd, oy, scy, ox, scx, qmask).to(ACC)
+        out = tl.load(ra_ptr).to(ACC) * out + tl.load(rc_ptr).to(ACC) * conv
+    tl.store(o_ptr + b * sob + hh * soh + d[None, :] * sod + oy[:, None] * soy + ox[:, None] * sox,
+             out.to(o_ptr.dtype.element_ty), mask=qmask)
+    tl.store(lse_ptr + pid_n * HO * WO + oy * WO + ox, (m + tl.log(denom)).to(lse_ptr.dtype.element_ty),
+             mask=qvalid)
+
+
+@triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
+@triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
+@triton.jit
+def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dq_ptr, dr_ptr,
+                        sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+                        skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
+                        sgb, sgh, sgd, sgy, sgx, s1b, s1h, s1d, s1y, s1x, s2b, s2h, s2c, s2y, s2x,
+                        HEADS, HD, H, W, HO, WO,
+                        KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                        ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
+                        TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """dQ (at the strided query pixels; strides ``s1*``), dR (strides ``s2*``) and ``delta`` of one query tile.
+
+    ``go`` is the gradient of the output the forward wrote; the attention's own is ``ra * go`` (``ra`` = 1
+    without the rate combination), so ``delta`` is ``go . attention``, the rate's gradient per query.
+    """
+    pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale = _query_tile(
+        q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+        skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
+        KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
+    go = _rows(go_ptr, b * sgb + hh * sgh, d, sgd, oy, sgy, ox, sgx, qmask)
+    lse = tl.load(lse_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
+    p = tl.where(mask, tl.exp(logits - lse[:, None]), 0.0)
+    dp = tl.dot(go, tl.trans(v.to(go.dtype)), input_precision=PREC).to(ACC)
+    # delta = dO . O = sum_j p_j (dO . v_j): no need to keep the output for the backward
+    delta = _sum(tl.where(mask, p * dp, 0.0), 1)
+    tl.store(delta_ptr + pid_n * HO * WO + oy * WO + ox, delta.to(delta_ptr.dtype.element_ty), mask=qvalid)
+    ds = tl.where(mask, p * (dp - delta[:, None]), 0.0) * tl.load(ra_ptr).to(ACC)
+    kc = tl.where(_finite(k), k, 0.0).to(k.dtype)  # the halo's other keys meet ds == 0: keep 0 * inf out of the sum
+    dq = tl.dot(ds.to(k.dtype), kc, input_precision=PREC).to(ACC) * scale
+    tl.store(dq_ptr + b * s1b + hh * s1h + d[None, :] * s1d + (oy * S)[:, None] * s1y + (ox * S)[:, None] * s1x,
+             dq.to(dq_ptr.dtype.element_ty), mask=qmask)
+    if HAS_R:
+        dbase = dr_ptr + b * s2b + hh * s2h + oy * s2y + ox * s2x
+        tl.store(dbase, (-_sum(ds * lx[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
+        tl.store(dbase + s2c, (-_sum(ds * ly[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
+
+
+@triton.autotune(configs=_configs(KEY_TILES, (16, 16)), key=AUTOTUNE_KEY,
+                 prune_configs_by={"early_config_prune": _prune(_key_heuristics)})
+@triton.heuristics(_each(_key_heuristics, "SPAN_W", "BLOCK_Q", "BLOCK_K"))
+@triton.jit
+def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dk_ptr, dv_ptr,
+                      sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
+                      skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
+                      sgb, sgh, sgd, sgy, sgx,
+                      HEADS, HD, H, W, HO, WO,
+                      KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                      ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                      SPAN_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """dK, dV of one TH x TW tile of the reflect-padded key grid, over every query whose window holds it.
+
+    ``dk``/``dv`` are ``(B*heads, HD, Hp, Wp)`` contiguous; the caller folds them onto the source pixels.
+    """
+    pid_t = tl.program_id(0)
+    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
+    b = pid_n // HEADS
+    hh = pid_n % HEADS
+    pad = DIL * (KA - 1) // 2
+    hp = H + 2 * pad
+    wp = W + 2 * pad
+    tiles_w = (wp + TW - 1) // TW
+    py0 = (pid_t // tiles_w) * TH
+    px0 = (pid_t % tiles_w) * TW
+    ext = DIL * (KA - 1)
+
+    kk = tl.arange(0, BLOCK_K)
+    py = py0 + kk // TW
+    px = px0 + kk % TW
+    kvalid = (kk < TH * TW) & (py < hp) & (px < wp)
+    sy = _reflect(py - pad, H)
+    sx = _reflect(px - pad, W)
+    d = tl.arange(0, BLOCK_D)
+    dvalid = d < HD
+
+    # the first query row / column whose window reaches this tile
+    oy0 = tl.where(py0 > ext, (py0 - ext + S - 1) // S, 0)
+    ox0 = tl.where(px0 > ext, (px0 - ext + S - 1) // S, 0)
+    qi = tl.arange(0, BLOCK_Q)
+    oy = oy0 + qi // SPAN_W
+    ox = ox0 + qi % SPAN_W
+    qvalid = (qi // SPAN_W <= (TH - 1 + ext) // S) & (oy < HO) & (ox < WO)
+    mask = (_in_window(py[:, None] - oy[None, :] * S, S, DIL, KA)
+            & _in_window(px[:, None] - ox[None, :] * S, S, DIL, KA) & kvalid[:, None] & qvalid[None, :])
+
+    kmask = kvalid[:, None] & dvalid[None, :]
+    k = _rows(k_ptr, b * skb + hh * skh, d, skd, sy, sky, sx, skx, kmask)
+    v = _rows(v_ptr, b * svb + hh * svh, d, svd, sy, svy, sx, svx, kmask)
+    qmask = qvalid[:, None] & dvalid[None, :]
+    q = _rows(q_ptr, b * sqb + hh * sqh, d, sqd, oy * S, sqy, ox * S, sqx, qmask)
+    go = _rows(go_ptr, b * sgb + hh * sgh, d, sgd, oy, sgy, ox, sgx, qmask)
+    lse = tl.load(lse_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
+    delta = tl.load(delta_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
+    scale = tl.load(scale_ptr).to(ACC)
+
+    logits = tl.dot(k, tl.trans(q), input_precision=PREC).to(ACC) * scale  # (keys, queries)
+    if HAS_R:
+        rbase = r_ptr + b * srb + hh * srh + oy * sry + ox * srx
+        r0 = tl.load(rbase, mask=qvalid, other=0.0).to(ACC)
+        r1 = tl.load(rbase + src, mask=qvalid, other=0.0).to(ACC)
+        logits -= _location(sx, W, ACC)[:, None] * r0[None, :] + _location(sy, H, ACC)[:, None] * r1[None, :]
+    p = tl.where(mask, tl.exp(logits - lse[None, :]), 0.0)
+
+    gfin = _finite(go)
+    dv = tl.dot(p.to(go.dtype), tl.where(gfin, go, 0.0).to(go.dtype), input_precision=PREC).to(ACC)
+    if _sum(tl.where(gfin, 0, 1), None) > 0:  # a non-finite output gradient reaches only its window's values
+        dv = _with_nonfinite(dv, mask, go)
+    ra = tl.load(ra_ptr).to(ACC)
+    dv = dv * ra
+    dp = tl.dot(v.to(go.dtype), tl.trans(go), input_precision=PREC).to(ACC)
+    ds = tl.where(mask, p * (dp - delta[None, :]), 0.0) * ra
+    dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0).to(q.dtype), input_precision=PREC).to(ACC) * scale
+
+    out = pid_n * HD * hp * wp + d[None, :] * (hp * wp) + py[:, None] * wp + px[:, None]
+    tl.store(dk_ptr + out, dk.to(dk_ptr.dtype.element_ty), mask=kmask)
+    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kmask)
