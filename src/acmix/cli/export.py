@@ -19,7 +19,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
-    from acmix.train.checkpoint import WEIGHT_SUFFIXES, extract_state_dict, load_checkpoint, save_weights
+    from acmix.train.checkpoint import (
+        WEIGHT_SUFFIXES,
+        check_writable,
+        extract_state_dict,
+        load_checkpoint,
+        save_weights,
+    )
 
     src, dst = Path(args.checkpoint), Path(args.output)
     if dst.exists() and src.exists() and dst.samefile(src):
@@ -27,6 +33,7 @@ def command(args: argparse.Namespace) -> int:
     if dst.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"{dst}: unknown weights format {dst.suffix or '(no extension)'!r}; "
                          f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+    check_writable(dst.parent, "export folder")
     sd = extract_state_dict(load_checkpoint(src), use_ema=args.use_ema)
     save_weights(sd, dst, {"source": src.name})
     print(f"wrote {len(sd)} tensors to {dst} ({'safetensors' if dst.suffix == '.safetensors' else 'torch.save'})")
