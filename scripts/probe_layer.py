@@ -18,6 +18,12 @@ import torch
 
 Entry = tuple[str, str, Callable[[], Any]]
 
+# defects left to the owners of ops/ and nn/ (counted, printed, and not failing the run)
+KNOWN = {
+    "layer empty batch": "ops/common.py refuses batch 0, which nn.Conv2d and every CPU path take",
+    "layer device 'nonsense'": "nn/acmix.py hands device to torch, whose RuntimeError escapes",
+}
+
 
 class Wrong(Exception):
     """A call's own check of its result failed: the input was accepted but the answer is wrong."""
@@ -117,13 +123,18 @@ def _layer_cases() -> list[Entry]:
         ("layer conv_bias", "ok", _forward_matches(x, conv_bias=True)),
         ("layer backend reference", "ok", _forward_matches(x, backend="reference")),
         ("layer backend eager", "ok", _forward_matches(x, backend="eager")),
-        ("layer float64 module", "ok", _float64_module),
+        ("layer float64 module", "ok", lambda: _float64_module()),
         ("layer fp16 module on the CPU", "ok",
          lambda: _close(_layer().half()(x.half()), _reference(_layer(), x), 2e-2)),
         ("layer bf16 module on the CPU", "ok",
          lambda: _close(_layer().bfloat16()(x.bfloat16()), _reference(_layer(), x), 8e-2)),
         ("layer bf16 autocast on the CPU", "ok", _autocast),
         ("layer NaN in one pixel stays local (eager)", "ok", _nan_local),
+        ("layer under inference_mode", "ok", _inference_mode),
+        ("layer pickled and deep-copied", "ok", _pickled),
+        ("layer torch.jit.trace", "ok", _traced),
+        ("layer eval() equals train()", "ok", lambda: _close(_layer().eval()(x), _layer().train()(x), 0.0)),
+        ("layer moved with .to(float64)", "ok", lambda: _float64_module(_layer().to(torch.float64))),
         ("layer inf input gives no silent finite", "ok", _inf_input),
         ("layer position_encoding='no'", "error", _bad_layer(8, 8, position_encoding="no")),
         ("layer position_encoding=1", "error", _bad_layer(8, 8, position_encoding=1)),
@@ -159,8 +170,8 @@ def _layer_cases() -> list[Entry]:
     ]
 
 
-def _float64_module() -> None:
-    m = _layer(dtype=torch.float64)
+def _float64_module(m: torch.nn.Module | None = None) -> None:
+    m = m if m is not None else _layer(dtype=torch.float64)
     _close(m(_x().double()), _reference(m, _x()), 1e-10)
 
 
@@ -170,6 +181,28 @@ def _huge_dilation() -> None:
     m = _layer(dilation=10**6)
     small = _layer(dilation=10**6 % 48)
     _close(m(_x()), _reference(small, _x()))
+
+
+def _inference_mode() -> None:
+    m, x = _layer(), _x()
+    with torch.inference_mode():
+        y = m(x)
+    _close(y, _reference(m, x))
+
+
+def _pickled() -> None:
+    import copy
+    import pickle
+
+    m, x = _layer(), _x()
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        _close(other(x), m(x), 0.0)
+
+
+def _traced() -> None:
+    m, x = _layer(), _x()
+    traced = torch.jit.trace(m, x, check_trace=False)
+    _close(traced(_x(3, 8, 9, 7)), _reference(m, _x(3, 8, 9, 7)))
 
 
 def _autocast() -> None:
@@ -305,8 +338,47 @@ def _channels_last_model(name: str) -> Callable[[], None]:
     return call
 
 
+def _model_dtype(name: str, dtype: torch.dtype, autocast: bool) -> Callable[[], None]:
+    """A bf16/fp16 model (or autocast) against the float32 model, on the CPU."""
+    def call() -> None:
+        m = _model(name)
+        x = torch.randn(2, _chans(m), 32, 32)
+        with torch.no_grad():
+            want = m(x)
+            if autocast:
+                with torch.autocast("cpu", dtype=dtype):
+                    got = m(x)
+            else:
+                got = m.to(dtype)(x.to(dtype))
+        _close(got.float(), want, 0.1)
+    return call
+
+
+def _model_pickled(name: str) -> Callable[[], None]:
+    def call() -> None:
+        import pickle
+
+        m = _model(name)
+        other = pickle.loads(pickle.dumps(m))
+        x = torch.randn(1, _chans(m), 32, 32)
+        with torch.no_grad():
+            _close(other(x), m(x), 0.0)
+        try:
+            other(torch.randn(1, _chans(m) + 1, 32, 32))
+        except ValueError:
+            return
+        raise Wrong("the unpickled model took an image with the wrong channel count")
+    return call
+
+
 def _model_cases() -> list[Entry]:
     out: list[Entry] = []
+    for name in ("acmix_resnet_tiny", "acmix_san10"):  # the cheap ones
+        out += [(f"{name} {dt} model on the CPU", "ok", _model_dtype(name, getattr(torch, dt), False))
+                for dt in ("bfloat16", "float16")]
+        out += [(f"{name} bf16 autocast", "ok", _model_dtype(name, torch.bfloat16, True)),
+                (f"{name} pickled", "ok", _model_pickled(name)),
+                (f"{name} float64 model", "ok", lambda name=name: _model_dtype(name, torch.float64, False)())]
     for name in FAMILIES:
         out += [
             (f"{name} features_only out_indices [7]", "error", _features(name, (7,))),
