@@ -19,6 +19,10 @@ build a list in another module and pass it to :func:`run_cases`).  Placeholders
 in ``argv``: ``{tmp}`` (a fresh folder per case), ``{ws}`` (the shared
 workspace), ``{data}`` (a small Fashion-MNIST-style folder), ``{images}`` (an
 ImageFolder tree) and ``{run}`` (a finished tiny training run).
+
+The layer, op, second-derivative and model cases live in ``probe_layer.py``
+(next to this script), with ``KNOWN``: the defects left to other owners, which
+are counted and printed but do not fail the run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe_layer
+
 TINY = '{"widths": [4, 8, 8], "heads": 2, "kernel_att": [3, 3]}'
+# small settings, so that a bad option that is accepted runs a short benchmark, not the full one
+BENCH = ["--batch", "1", "--rounds", "1", "--sizes", "4", "--strides", "1", "--no-unfold", "--threads", "1"]
+BENCH_MODELS = ["--models", "acmix_resnet_tiny", "--img-size", "32", "--batch-size", "1", "--rounds", "1",
+                "--warmup", "0", "--threads", "1", "--modes", "infer"]
 OUTCOMES = ("ok", "clear error", "raw traceback", "silent-wrong", "valid rejected")
 
 
@@ -133,6 +144,8 @@ def classify(case: Case, ws: dict[str, Path]) -> tuple[str, str]:
             failed, message = True, f"{type(e).__name__}: {e}"
             if "\n" in str(e).strip():
                 return "raw traceback", message.splitlines()[0]
+        except probe_layer.Wrong as e:  # the call checked its own result: accepted, but wrong
+            return "silent-wrong", f"{e}"
         except Exception as e:
             return "raw traceback", f"{type(e).__name__}: {str(e)[:200]}"
     problem = case.check(ws) if case.check else None
@@ -271,6 +284,56 @@ CASES: list[Case] = [
     Case("eval --batch-size 0", "error", _eval("-b", "0")),
     Case("out_indices out of range", "error",
          _train("{tmp}/o", "--model-kwargs", '{"features_only": true, "out_indices": [7]}')),
+    *[Case(f"train {flag} {value}", "error", _train("{tmp}/o", flag, value)) for flag, value in (
+        ("--lr", "-1"), ("--lr", "nan"), ("--epochs", "-1"), ("-b", "0"), ("--warmup-epochs", "-1"),
+        ("--smoothing", "1.5"), ("--clip-grad", "-1"), ("--cutmix", "-1"), ("--drop-path-rate", "2"),
+        ("--drop-rate", "-0.5"), ("--input-size", "0"), ("-j", "-1"), ("--model", "nope"),
+        ("--model-kwargs", "notjson"), ("--model-kwargs", "[1]"), ("--model-kwargs", '{"bogus": 1}'),
+        ("--model-kwargs", '{"combination": "both"}'), ("--model-kwargs", '{"num_classes": 0}'),
+        ("--data", "/nonexistent/acmix"), ("--opt", "nope"), ("--sched", "nope"),
+        ("--grad-accum", "0"), ("--train-split", "nope"), ("--scale", "0.5 0.1"), ("--ratio", "-1 1"),
+        ("--mean", "0.5 0.5"),
+        ("--std", "0 0 0"), ("--re-prob", "2"), ("--mixup-prob", "1.5"), ("--min-lr", "-1"),
+        ("--warmup-lr", "inf"), ("--opt-eps", "0"), ("--opt-betas", "0.9 1.5"), ("--crop-pct", "0"),
+        ("--threads", "-2"), ("--eval-every", "-1"), ("--log-interval", "0"),
+        ("--device", "nonsense"), ("--amp-dtype", "int8"), ("--clip-mode", "nope"),
+        ("--train-subset", "-3"), ("--dataset", "nope"), ("--resume", "/nonexistent/x.pth"),
+        ("--init-from", "/nonexistent/x.pth"))],
+    *[Case(f"train {flag} {value}", "ok", _train("{tmp}/o", flag, value)) for flag, value in (
+        ("--max-steps", "0"), ("--checkpoint-every", "0"), ("--model-kwargs", '{"num_classes": 10}'),
+        ("--val-split", "test"))],
+    *[Case(f"preset {name}", "error", ["train", "--data", "{data}", "--output", "{tmp}/o", "--preset", preset],
+           setup=setup) for name, preset, setup in (
+        ("missing file", "{tmp}/missing.json", None), ("unknown name", "nope", None),
+        ("not JSON", "{tmp}/p.json", _preset("{epochs: 1")), ("a list", "{tmp}/p.json", _preset("[1, 2]")),
+        ("unknown key", "{tmp}/p.json", _preset('{"epochz": 3}')),
+        ("lr null", "{tmp}/p.json", _preset('{"lr": null}')),
+        ("batch_size 1.5", "{tmp}/p.json", _preset('{"batch_size": 1.5}')))],
+    *[Case(f"eval {flag} {value}", "error", _eval(flag, value)) for flag, value in (
+        ("--input-size", "0"), ("--model", "nope"), ("--num-classes", "0"), ("--split", "nope"),
+        ("-j", "-1"), ("--device", "nonsense"), ("--checkpoint", "/nonexistent/x.pth"))],
+    *[Case(f"bench {' '.join(extra)}", "error", ["bench", "--", *BENCH, *extra], setup=_files) for extra in (
+        ("--batch", "0"), ("--rounds", "0"), ("--sizes", "9"), ("--sizes", "0"), ("--strides", "0"),
+        ("--device", "nonsense"), ("--threads", "-1"), ("--dtype", "float8"), ("--batch", "x"),
+        ("--json", "{tmp}/file/b.json"))],
+    *[Case(f"bench-models {' '.join(extra)}", "error", ["bench-models", *BENCH_MODELS, *extra],
+           setup=_files) for extra in (
+        ("--batch-size", "0"), ("--infer-batch-size", "0"), ("--rounds", "0"), ("--warmup", "-1"),
+        ("--img-size", "0"), ("--models", "nope"), ("--backends", "nope"), ("--model-kwargs", "[1]"),
+        ("--model-kwargs", "notjson"), ("--threads", "-1"), ("--device", "nonsense"), ("--modes", "nope"),
+        ("--json", "{tmp}/file/b.json"))],
+    *[Case(f"{name}", "error", argv, setup=_files) for name, argv in (
+        ("export a missing file", ["export", "{tmp}/missing.pth", "{tmp}/o.safetensors"]),
+        ("export garbage", ["export", "{tmp}/garbage.pth", "{tmp}/o.safetensors"]),
+        ("export a folder", ["export", "{tmp}", "{tmp}/o.safetensors"]),
+        ("export into a missing folder", ["export", "{run}/last.pth", "{tmp}/file/o.safetensors"]),
+        ("convert-swin a missing file", ["convert-swin", "{tmp}/missing.pth", "{tmp}/o.pth"]),
+        ("convert-swin an empty file", ["convert-swin", "{tmp}/file", "{tmp}/o.pth"]),
+        ("convert-swin onto its input", ["convert-swin", "{tmp}/garbage.pth", "{tmp}/garbage.pth"]),
+        ("eval a garbage checkpoint", _eval("--checkpoint", "{tmp}/garbage.pth")),
+        ("eval a truncated checkpoint", _eval("--checkpoint", "{tmp}/cut.pth")),
+        ("train --init-from garbage", _train("{tmp}/o", "--init-from", "{tmp}/garbage.pth")),
+        ("train --resume truncated", _train("{tmp}/o", "--resume", "{tmp}/cut.pth")))],
     # files
     *[Case(f"{cmd} {name}", "error", argv, setup=setup) for cmd, name, argv, setup in (
         ("convert-swin", "garbage", ["convert-swin", "{tmp}/garbage.pth", "{tmp}/o.pth"], _files),
@@ -285,6 +348,8 @@ CASES: list[Case] = [
          ["train", "--model", "acmix_resnet_tiny", "--model-kwargs", TINY, "--data", "{images}", "--epochs", "1",
           "-b", "4", "-j", "2", "--output", "{tmp}/o"], setup=_bad_image),
 ]
+# the layer, the op, second derivatives and the models (before the corrupt-image case, which must stay last)
+CASES[-1:-1] = [Case(name, expect, call=lambda ws, f=f: f()) for name, expect, f in probe_layer.cases()]
 
 
 def run_cases(cases: list[Case], ws: dict[str, Path], verbose: bool = False) -> Counter[str]:
@@ -293,8 +358,11 @@ def run_cases(cases: list[Case], ws: dict[str, Path], verbose: bool = False) -> 
         ws["tmp"] = Path(tempfile.mkdtemp(prefix=f"case{i}-", dir=ws["ws"]))
         outcome, line = classify(case, ws)
         counts[outcome] += 1
+        if outcome not in ("ok", "clear error") and case.name not in probe_layer.KNOWN:
+            counts["unexplained"] += 1
         if verbose or outcome not in ("ok", "clear error"):
-            print(f"{outcome:15s} {case.name}: {line[:160]}", flush=True)
+            known = f" [known: {probe_layer.KNOWN[case.name]}]" if case.name in probe_layer.KNOWN else ""
+            print(f"{outcome:15s} {case.name}: {line[:160]}{known}", flush=True)
     return counts
 
 
@@ -315,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{total} cases: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES))
     if args.json:
         Path(args.json).write_text(json.dumps({o: counts[o] for o in OUTCOMES}, indent=2) + "\n")
-    return 0 if counts["raw traceback"] == counts["silent-wrong"] == counts["valid rejected"] == 0 else 1
+    return 0 if counts["unexplained"] == 0 else 1  # every defect left is listed in probe_layer.KNOWN
 
 
 if __name__ == "__main__":

@@ -117,6 +117,16 @@ def test_bench_models_bad_arguments(kwargs: dict, message: str) -> None:
         model_bench.bench_models(kwargs.pop("names"), **kwargs)
 
 
+def test_unwritable_json_is_refused_before_the_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    bad = str(tmp_path / "file" / "b.json")
+    with pytest.raises(SystemExit):
+        op_bench.main(["--batch", "1", "--rounds", "1", "--sizes", "4", "--json", bad])
+    assert cli(["bench-models", "--models", "acmix_resnet_tiny", "--img-size", "8", "--json", bad]) == 2
+    err = capsys.readouterr()
+    assert err.err.count("is a file, not a folder") == 2 and "wrote" not in err.out and "|" not in err.out
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--rounds", "0"], "rounds must be a positive int, got 0"),
     (["--models", ":resnet50"], "a pair is 'model:reference', got ':resnet50'"),

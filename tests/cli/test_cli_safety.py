@@ -33,6 +33,9 @@ def test_export_refuses_its_input_and_writes_the_named_format(run_dir: Path, tmp
     assert "would overwrite its input" in capsys.readouterr().err and last.read_bytes() == before
     assert main(["export", str(last), str(tmp_path / "w.txt")]) == 2
     assert "unknown weights format '.txt'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["export", str(last), str(tmp_path / "file" / "w.pth")]) == 2
+    assert f"export folder {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
     assert main(["export", str(last), str(tmp_path / "w.pth")]) == 0
     assert main(["export", str(last), str(tmp_path / "w.safetensors")]) == 0
     as_pth, as_st = torch.load(tmp_path / "w.pth", weights_only=True), load_file(tmp_path / "w.safetensors")

@@ -39,6 +39,13 @@ def test_bad_option_values(fmnist_dir: Path, tmp_path: Path, capsys: pytest.Capt
     line = _error(capsys, [*base, "--model-kwargs", '{"features_only": true, "out_indices": [7]}'])
     n = len(timm.create_model("acmix_resnet_tiny").feature_info)
     assert "rejected its arguments" in line and f"valid out_indices: 0..{n - 1}" in line
+    assert "--model-kwargs num_classes=0 contradicts the data, which has 10 classes" in _error(
+        capsys, [*base, "--model-kwargs", '{"num_classes": 0}'])
+    assert "--model-kwargs in_chans=3 contradicts the data, which has 1 channels" in _error(
+        capsys, [*base, "--model-kwargs", '{"in_chans": 3}'])
+    assert "Fashion-MNIST has the splits train, val, test, not 'nope'" in _error(
+        capsys, [*base, "--train-split", "nope"])
+    assert not (tmp_path / "o" / "last.pth").exists()
 
 
 def test_bad_files_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

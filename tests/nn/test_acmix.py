@@ -234,6 +234,7 @@ def test_cuda_matches_cpu():
     ({"in_channels": 4, "out_channels": 8, "shift": "roll"}, "shift='roll' is not one of"),
     ({"in_channels": 4, "out_channels": 8, "combination": "sum"}, "combination='sum' is not one of"),
     ({"in_channels": 4, "out_channels": 8, "rates": (1.0,)}, "rates must be a pair"),
+    ({"in_channels": 4, "out_channels": 8, "dtype": torch.int64}, "dtype must be a floating-point dtype, got torch.in"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -17,6 +17,7 @@ from acmix.train.data import (
     SafeDataset,
     build_loader,
     inspect_data,
+    make_dataset,
     read_idx,
 )
 
@@ -34,6 +35,13 @@ def test_fmnist_reader(fmnist_dir: Path) -> None:
     ds = FashionMNIST(fmnist_dir, train=False)
     assert len(ds) == 40 and ds[0][0].size == (28, 28) and 0 <= ds[0][1] < 10
     assert inspect_data(str(fmnist_dir)).kind == "fmnist"
+
+
+def test_fmnist_refuses_a_split_it_does_not_have(fmnist_dir: Path) -> None:
+    info = inspect_data(str(fmnist_dir))
+    assert len(make_dataset(info, "test", False, None)) == len(make_dataset(info, "val", False, None)) == 40
+    with pytest.raises(DataError, match="Fashion-MNIST has the splits train, val, test, not 'nope'"):
+        make_dataset(info, "nope", False, None)
 
 
 def test_missing_paths_are_named(tmp_path: Path) -> None:

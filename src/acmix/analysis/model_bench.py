@@ -34,6 +34,7 @@ from torch import nn
 from ..argtypes import json_dict
 from ..ops import Backend, use_backend
 from ..ops.config import check_positive
+from ..train.checkpoint import check_writable
 from .timing import autocast, check_device, check_precision, peak_bytes, sync, time_ms
 
 __all__ = ["FAMILIES", "add_arguments", "bench_models", "groups_from", "main", "markdown_table", "run_cli"]
@@ -294,6 +295,8 @@ def run_cli(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     groups = groups_from(args.models, args.backends or (("auto", "eager") if cuda else ("auto",)))
     names = list(dict.fromkeys(n for g in groups for n in g))
+    out = args.json or Path(f"benchmarks/results/model_bench_{dev.type}.json")
+    check_writable(out.parent, "--json folder")  # before the work, which would be lost
     batch = args.batch_size if args.batch_size is not None else 64 if cuda else 8
     settings = {"batch_size": batch, "infer_batch_size": args.infer_batch_size if args.infer_batch_size is not None
                 else 256 if cuda else batch, "img_size": args.img_size, "dtype": dtype,
@@ -308,8 +311,6 @@ def run_cli(args: argparse.Namespace) -> int:
           f"{args.img_size}², {rows[0]['dtype']}{' autocast' if dtype not in (None, 'float32') else ''}"
           f"{', channels_last' if args.channels_last else ''}, medians of {settings['rounds']} rounds\n")
     print(markdown_table(rows))
-    out = args.json or Path(f"benchmarks/results/model_bench_{dev.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"torch": torch.__version__, "timm": timm.__version__, "device": where,
                "settings": {**settings, "modes": list(settings["modes"])}, "groups": [list(g) for g in groups],
                "results": rows}

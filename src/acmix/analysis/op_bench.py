@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..nn import ACmix
 from ..ops import Backend, acmix, acmix_unfold, native, resolve_backend
 from ..ops.config import ACmixConfig, check_positive
+from ..train.checkpoint import check_writable
 from .timing import DTYPES, PeakMemory, autocast, check_device, check_precision, peak_bytes, time_ms
 
 __all__ = ["PeakMemory", "main", "run"]
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         batch = args.batch if args.batch is not None else 32 if dev.type == "cuda" else 8
         check_options(batch=batch, shapes=shapes, strides=args.strides, rounds=args.rounds, device=dev,
                       dtype=args.dtype, amp=args.amp, threads=args.threads)
+        out = args.json or Path(f"benchmarks/results/op_bench_{dev.type}.json")
+        check_writable(out.parent, "--json folder")  # before the work, which would be lost
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     dtype = getattr(torch, args.dtype)
@@ -229,8 +232,6 @@ def main(argv: list[str] | None = None) -> None:
     results = run(batch=batch, shapes=shapes, strides=tuple(args.strides), rounds=args.rounds,
                   device=str(dev), dtype=dtype, include_unfold=not args.no_unfold, threads=args.threads,
                   amp=args.amp)
-    out = args.json or Path(f"benchmarks/results/op_bench_{dev.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"torch": torch.__version__, "threads": args.threads, "kernel_load_s": build, "results": results}
     if dev.type == "cuda":
         payload["gpu"] = torch.cuda.get_device_name(dev)

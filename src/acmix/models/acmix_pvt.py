@@ -65,6 +65,7 @@ from ..nn.parts import ConvPathMixer, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
 from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
+from ._checks import check_model_kwargs, with_input_check
 
 __all__ = ["PAPER_FIGURES", "PyramidVisionTransformerV1", "SRAttention", "checkpoint_filter_fn"]
 
@@ -440,10 +441,11 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTran
 
 
 def _create_pvt(variant: str, pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformerV1:
+    check_model_kwargs(variant, kwargs, num_features=4)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(PyramidVisionTransformerV1, variant, pretrained,
+    return with_input_check(build_model_with_cfg(PyramidVisionTransformerV1, variant, pretrained,
                                 pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs)
+                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs), variant)
 
 
 def _cfg(**kwargs: Any) -> dict:

@@ -40,6 +40,7 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from ..checkpoint_io import unwrap_state_dict
 from ..nn import ACmix
 from ._builder import no_weight_decay_names
+from ._checks import check_model_kwargs, with_input_check
 
 __all__ = ["PAPER_FIGURES", "ACmixResNet", "acmix_self_attn", "checkpoint_filter_fn"]
 
@@ -150,6 +151,7 @@ def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[st
 
     ``combination`` and ``shift`` are also taken directly, as every family takes them.
     """
+    check_model_kwargs(variant, kwargs, num_features=5)  # the stem and four stages
     cfg = model_cfgs[variant]
     switches = {k: kwargs.pop(k) for k in ("combination", "shift") if k in kwargs}
     if switches:
@@ -160,13 +162,13 @@ def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[st
         cfg = replace(cfg, blocks=tuple(
             replace(b, self_attn_kwargs={**b.self_attn_kwargs, **acmix_kwargs}) for b in cfg.blocks))
     kwargs.setdefault("zero_init_last", False)
-    return build_model_with_cfg(
+    return with_input_check(build_model_with_cfg(
         ACmixResNet, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
-    )
+    ), variant)
 
 
 # ----------------------------------------------------------------------------- default cfgs

@@ -56,6 +56,7 @@ from ..nn.parts import ConvPathMixer, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_odd, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
 from ._builder import no_weight_decay_names
+from ._checks import check_model_kwargs, with_input_check
 
 __all__ = ["PAPER_FIGURES", "SAM", "SAN", "SANBlock", "checkpoint_filter_fn"]
 
@@ -343,9 +344,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: SAN) -> dict[str,
 
 
 def _create_san(variant: str, pretrained: bool = False, **kwargs: Any) -> SAN:
+    check_model_kwargs(variant, kwargs, num_features=4)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs)
+    return with_input_check(build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs), variant)
 
 
 def _cfg(**kwargs: Any) -> dict:

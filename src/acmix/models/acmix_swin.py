@@ -72,6 +72,7 @@ from ..nn.parts import ConvPathMixer
 from ..ops import Combination, ShiftMode
 from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names, reset_linear_head
+from ._checks import check_model_kwargs, with_input_check
 
 __all__ = [
     "PAPER_FIGURES",
@@ -471,6 +472,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> list[s
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinACmix:
     depths = kwargs.get("depths", (2, 2, 6, 2))
+    check_model_kwargs(variant, kwargs, num_features=len(depths))
     out_indices = kwargs.pop("out_indices", tuple(range(len(depths))))
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
@@ -489,7 +491,7 @@ def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinA
         cfg = getattr(holder, "pretrained_cfg", None)
         if isinstance(cfg, dict) and cfg.get("state_dict") is not None:
             cfg["state_dict"] = None
-    return model
+    return with_input_check(model, variant)
 
 
 # ----------------------------------------------------------------------------- default cfgs

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..nn import ACmix
 from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
+from ._checks import check_model_kwargs, with_input_check
 
 __all__ = ["ACmixTinyNet"]
 
@@ -151,8 +152,9 @@ default_cfgs = generate_default_cfgs({"acmix_resnet_tiny.untrained": _cfg()})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ACmixTinyNet:
-    return build_model_with_cfg(ACmixTinyNet, variant, pretrained,
-                                feature_cfg=dict(out_indices=(0, 1), flatten_sequential=False), **kwargs)
+    check_model_kwargs(variant, kwargs, num_features=2)
+    return with_input_check(build_model_with_cfg(ACmixTinyNet, variant, pretrained,
+                                feature_cfg=dict(out_indices=(0, 1), flatten_sequential=False), **kwargs), variant)
 
 
 @register_model

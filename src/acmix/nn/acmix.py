@@ -44,6 +44,8 @@ class ACmix(ConvPathMixer):
                  backend: Backend | str | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
         cfg = ACmixConfig(in_channels, out_channels, heads=heads, kernel_att=kernel_att,
                           kernel_conv=kernel_conv, stride=stride, dilation=dilation,
                           position_encoding=position_encoding, combination=combination, shift=shift)

@@ -47,6 +47,10 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, **extra: Any)
     if not timm.is_model(cfg.model):
         close = timm.list_models(f"*{cfg.model.split('_')[-1]}*")[:8]
         raise ValueError(f"unknown model {cfg.model!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if name in cfg.model_kwargs and cfg.model_kwargs[name] != value:
+            raise ValueError(f"--model-kwargs {name}={cfg.model_kwargs[name]!r} contradicts the data, which has "
+                             f"{value} {'classes' if name == 'num_classes' else 'channels'}; leave it out")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **cfg.model_kwargs, **extra}
     if cfg.drop_rate:
         kwargs["drop_rate"] = cfg.drop_rate

@@ -29,6 +29,7 @@ FMNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot")
+FMNIST_SPLITS = ("train", "val", "test")  # "val" and "test" are both the 10k test set
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 VERIFY_LIMIT = 20_000  # open every image header up front below this many files
 
@@ -189,6 +190,8 @@ def make_dataset(info: DatasetInfo, split: str, train: bool,
                  transform: Callable[[Image.Image], Any] | None) -> Dataset:
     """The split's dataset (Fashion-MNIST: train = the 60k set, anything else = the 10k test set)."""
     if info.kind == "fmnist":
+        if split not in FMNIST_SPLITS:
+            raise DataError(f"{info.root}: Fashion-MNIST has the splits {', '.join(FMNIST_SPLITS)}, not {split!r}")
         return FashionMNIST(info.root, train=train, transform=transform)
     ds = ImageFolderChecked(info.root / split, transform)
     if tuple(ds.classes) != info.classes:

@@ -1,0 +1,49 @@
+"""The options every family takes are checked with one line before timm builds anything (``models/_checks.py``)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import acmix  # noqa: F401  (registers the models)
+
+CHEAP = ("acmix_resnet_tiny", "acmix_san10")  # one timm-built (features_only via FeatureListNet), one getter-built
+
+
+@pytest.mark.parametrize("name", CHEAP)
+@pytest.mark.parametrize("kwargs, words", [
+    ({"num_classes": -1}, "num_classes must be an int >= 0, got -1"),
+    ({"num_classes": 2.5}, "num_classes must be an int >= 0, got 2.5"),
+    ({"in_chans": 0}, "in_chans must be an int >= 1, got 0"),
+    ({"drop_path_rate": 2.0}, "drop_path_rate must be a number in [0, 1), got 2.0"),
+    ({"drop_rate": -0.1}, "drop_rate must be a number in [0, 1), got -0.1"),
+    ({"features_only": True, "out_indices": (7,)}, "out_indices=(7,) is out of range; valid feature levels are 0-"),
+    ({"features_only": True, "out_indices": (-9,)}, "out_indices=(-9,) is out of range"),
+    ({"features_only": True, "out_indices": ()}, "out_indices=() is out of range"),
+])
+def test_bad_options_get_one_line(name, kwargs, words):
+    with pytest.raises(ValueError, match="^" + name) as e:
+        timm.create_model(name, **kwargs)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_valid_edges_are_accepted(name):
+    m = timm.create_model(name, num_classes=0, drop_path_rate=0.5, in_chans=2).eval()
+    with torch.no_grad():
+        y = m(torch.randn(2, 2, 32, 32))
+    assert y.shape == (2, m.num_features)
+    n = len(timm.create_model(name, features_only=True).feature_info.channels())
+    last = timm.create_model(name, features_only=True, out_indices=(-1,))
+    first = timm.create_model(name, features_only=True, out_indices=(n - 1,))
+    assert last.feature_info.channels() == first.feature_info.channels()
+
+
+@pytest.mark.parametrize("name", CHEAP)
+@pytest.mark.parametrize("features_only", [False, True])
+def test_wrong_channel_count_names_both(name, features_only):
+    m = timm.create_model(name, features_only=features_only, in_chans=3).eval()
+    with pytest.raises(ValueError, match=rf"^{name} takes 3-channel images \(in_chans=3\), got an input of shape "
+                                         r"\(1, 1, 32, 32\)$"):
+        m(torch.zeros(1, 1, 32, 32))
