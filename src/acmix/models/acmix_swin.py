@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
 
-from ..nn.parts import ConvPathMixer
+from ..nn.parts import ConvPathMixer, FactoryKwargs
 from ..ops import Combination, ShiftMode
 from ._builder import fill_missing, load_checkpoint_file, unwrap_state_dict
 
@@ -132,7 +132,7 @@ class WindowAttentionACmix(ConvPathMixer):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
@@ -213,9 +213,10 @@ class SwinACmixBlock(SwinTransformerBlock):
                          shift_size=shift_size, always_partition=True, dynamic_mask=True, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop, drop_path=drop_path,
                          act_layer=act_layer, norm_layer=norm_layer, device=device, dtype=dtype)
-        self.attn = WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                         proj_drop=drop, combination=combination, shift=shift,
-                                         device=device, dtype=dtype)
+        # replaces timm's `attn` (not a subclass of timm's WindowAttention, so add_module rather than `=`)
+        self.add_module("attn", WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias,
+                                                     attn_drop=attn_drop, proj_drop=drop, combination=combination,
+                                                     shift=shift, device=device, dtype=dtype))
 
     def _attn(self, x: Tensor) -> Tensor:
         _, h, w, _ = x.shape
@@ -295,7 +296,7 @@ class SwinACmix(nn.Module):
             raise ValueError(f"depths={depths!r} and num_heads={num_heads!r} differ in length")
         if window_size <= 0:
             raise ValueError(f"window_size must be positive, got {window_size!r}")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.num_classes, self.global_pool, self.drop_rate = num_classes, global_pool, drop_rate
         self.num_layers = len(depths)
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (self.num_layers - 1))
@@ -356,7 +357,7 @@ class SwinACmix(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
         for stage in self.layers:
-            stage.grad_checkpointing = enable
+            stage.grad_checkpointing = enable  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -383,7 +384,7 @@ class SwinACmix(nn.Module):
         x = self.pos_drop(self.patch_embed(x))
         intermediates = []
         last = len(self.layers) - 1
-        for i, stage in enumerate(stages):
+        for i, stage in enumerate(cast("list[SwinACmixStage]", stages)):  # a ModuleList of stages
             x = stage.forward_blocks(x)
             if i in take:
                 inter = self.norm(x) if norm and i == last else x
@@ -398,7 +399,7 @@ class SwinACmix(nn.Module):
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:max_index + 1]
-        self.layers[-1].downsample = None
+        self.layers[-1].downsample = None  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
         if prune_norm or max_index < self.num_layers - 1:
             self.norm = nn.Identity()
         if prune_head:

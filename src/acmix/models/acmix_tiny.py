@@ -85,7 +85,7 @@ class ACmixTinyNet(nn.Module):
             self.stem = nn.Sequential(_conv_bn(in_chans, c0), _conv_bn(c0, c1, stride=2))
         else:  # no full-resolution conv: one strided conv
             self.stem = nn.Sequential(_conv_bn(in_chans, c1, stride=2))
-        switches = {"heads": heads, "combination": combination, "shift": shift}
+        switches: dict[str, Any] = {"heads": heads, "combination": combination, "shift": shift}
         self.stage1 = nn.Sequential(*[ACmixBlock(c1, kernel_att=ka[0], drop_path=rates[i], **switches)
                                       for i in range(depths[0])])
         self.down = _conv_bn(c1, c2, stride=2)

@@ -35,7 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import native
-from .common import ACmixWeights, data_dependent_ok, position_grid, reflect_index, reflect_pad, shift_kernel
+from .common import (
+    ACmixWeights,
+    blend,
+    data_dependent_ok,
+    position_grid,
+    reflect_index,
+    reflect_pad,
+    required,
+    shift_kernel,
+)
 from .config import ACmixConfig, Backend, ShiftMode
 
 __all__ = ["acmix_fast", "attention_eager", "dense_attention_fits", "prefer_dense", "shift_conv_fast"]
@@ -49,6 +58,7 @@ def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, *, out_chann
     """The ``(C_out, k^2, k, k)`` group-conv kernel every shift mode amounts to (``like``: device, dtype)."""
     if shift is ShiftMode.TENSOR:
         conv_weight = shift_kernel(kernel, device=like.device, dtype=like.dtype).expand(head_dim, -1, -1, -1)
+    conv_weight = required(conv_weight, "conv_weight")
     if shift is not ShiftMode.GROUPED:
         conv_weight = conv_weight.repeat_interleave(out_channels // conv_weight.shape[0], dim=0)
     return conv_weight
@@ -271,20 +281,22 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
 
     conv_w = None
     if cfg.has_conv:
+        fc = required(w.fc_weight, "fc_weight")
         full = _full_conv_weight(w.conv_weight, cfg.shift, out_channels=c, head_dim=hd, kernel=cfg.kernel_conv,
-                                 like=w.fc_weight)
-        conv_w = _fold(full, w.fc_weight)
+                                 like=fc)
+        conv_w = _fold(full, fc)
     pe_w = None
     if cfg.has_attention and cfg.position_encoding:
-        pe_w = w.pe_weight.reshape(hd, 2)
+        pe_w = required(w.pe_weight, "pe_weight").reshape(hd, 2)
         if w.pe_bias is not None:  # it cancels; a zero gradient keeps DDP's every-parameter check happy
             pe_w = pe_w + 0 * w.pe_bias.sum()
     args = {"scale": hd**-0.5, "kernel": cfg.kernel_att, "stride": s, "dilation": cfg.dilation}
 
     if kernel:
         one = qkv.new_ones(1)
-        rate_att = w.rate_att if cfg.has_attention and cfg.has_conv else one
-        rate_conv = w.rate_conv if cfg.has_attention and cfg.has_conv else one
+        both = cfg.has_attention and cfg.has_conv
+        rate_att = required(w.rate_att, "rate_att") if both else one
+        rate_conv = required(w.rate_conv, "rate_conv") if both else one
         return native.stage2(qkv, heads=heads, pe_weight=pe_w, conv_weight=conv_w, conv_bias=w.conv_bias,
                              rate_att=rate_att, rate_conv=rate_conv, has_attention=cfg.has_attention,
                              kernel_att=cfg.kernel_att, kernel_conv=cfg.kernel_conv, stride=s,
@@ -304,8 +316,8 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
         else:
             parts.append(attention_eager(qs.contiguous(), r, k, v, **args))
     if cfg.has_conv:
-        parts.append(F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2,
-                              groups=hd))
+        conv_w = required(conv_w, "conv_weight").to(qkv.dtype)
+        parts.append(F.conv2d(qkv, conv_w, w.conv_bias, stride=s, padding=cfg.kernel_conv // 2, groups=hd))
     if len(parts) == 1:
         return parts[0]
-    return w.rate_att * parts[0] + w.rate_conv * parts[1]
+    return blend(w, parts[0], parts[1])
