@@ -162,17 +162,22 @@ def test_nan_stays_in_its_windows(size, stride, dilation, mode, monkeypatch):
     torch.testing.assert_close(out[..., finite], ref[..., finite], rtol=1e-10, atol=1e-10)
 
 
-def test_large_dilation_gathers_windows_exactly(monkeypatch):
-    monkeypatch.setattr(fast_mod, "GLOBAL_MAX", 0)
-    layer = make_layer((4, 8, 2, 7, 3, 2, 9, {}), dtype=torch.float64)
-    x = torch.randn(2, 4, 13, 11, dtype=torch.float64, requires_grad=True)
-    out = acmix(x, layer.weights(), layer.config, backend="eager")
+def _assert_matches_reference(layer, x, backend, tol=1e-10):
+    """Values and the gradients of the input and every parameter, in float64."""
+    x = x.requires_grad_()
+    out = acmix(x, layer.weights(), layer.config, backend=backend)
     ref = acmix_reference(x, layer.weights(), layer.config)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     go = torch.randn_like(out)
     params = [x, *layer.parameters()]
     for a, b in zip(torch.autograd.grad(out, params, go), torch.autograd.grad(ref, params, go)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_large_dilation_gathers_windows_exactly(monkeypatch):
+    monkeypatch.setattr(fast_mod, "GLOBAL_MAX", 0)
+    layer = make_layer((4, 8, 2, 7, 3, 2, 9, {}), dtype=torch.float64)
+    _assert_matches_reference(layer, torch.randn(2, 4, 13, 11, dtype=torch.float64), "eager")
 
 
 def test_huge_dilation_memory_is_bounded():
@@ -181,3 +186,41 @@ def test_huge_dilation_memory_is_bounded():
     x = torch.randn(1, 8, 64, 64)
     out = acmix(x, layer.weights(), layer.config, backend="eager")
     assert out.shape == (1, 8, 64, 64) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- the layer on the Triton backend (interpreter)
+
+
+@pytest.mark.parametrize("entry", [
+    (5, 8, 4, 7, 3, 1, 1, {}),
+    (5, 8, 4, 7, 3, 2, 1, {"conv_bias": True}),
+    (4, 8, 2, 3, 3, 1, 2, {"combination": "attention"}),
+    (4, 8, 2, 3, 3, 2, 1, {"position_encoding": False, "shift": "learnable"}),
+], ids=["default", "stride2-bias", "attention-dil2", "nope-learnable"])
+def test_layer_on_triton_matches_reference(entry, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    layer = make_layer(entry, dtype=torch.float64, seed=1)
+    x = torch.randn(2, entry[0], 9, 7, dtype=torch.float64)
+    assert resolve_backend(x, layer.config, "triton") is Backend.TRITON
+    _assert_matches_reference(layer, x, "triton", tol=1e-9)
+
+
+def test_auto_leaves_the_interpreter_to_explicit_requests(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors could run interpreted, but only when asked for
+    assert resolve_backend(torch.randn(1, 4, 9, 9), ACmixConfig(4, 8)) is not Backend.TRITON
+    assert resolve_backend(torch.randn(1, 4, 9, 9), ACmixConfig(4, 8), "triton") is Backend.TRITON
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_picks_triton_on_cuda_and_matches_reference():
+    pytest.importorskip("triton")
+    layer = make_layer((8, 16, 4, 7, 3, 1, 1, {}), dtype=torch.float32, device="cuda", seed=2)
+    x = torch.randn(2, 8, 20, 17, device="cuda")
+    assert resolve_backend(x, layer.config) is Backend.TRITON
+    assert resolve_backend(x, ACmixConfig(8, 16, combination="conv")) is Backend.EAGER
+    ref_layer = make_layer((8, 16, 4, 7, 3, 1, 1, {}), dtype=torch.float64, seed=2)
+    ref = acmix_reference(x.double().cpu(), ref_layer.weights(), ref_layer.config)
+    torch.testing.assert_close(layer(x).double().cpu(), ref, rtol=1e-4, atol=1e-4)

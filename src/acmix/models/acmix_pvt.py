@@ -33,10 +33,11 @@ combination is taken *after* ``proj``, so only the attention path is
 projected, as in the authors' Swin-ACmix.  The MACs do not decide this: a
 combination before ``proj`` (``proj(rate1 * att + rate2 * conv)``) costs exactly
 the same (one ``C x C`` projection per token either way); only projecting both
-paths separately would add a second projection (+0.12 / +0.22 GMACs), which the
-paper's 2.0 / 3.9 G rule out.  The class token has no spatial position: its
+paths separately would add a second projection (about +0.12 / +0.25 GMACs:
+depth x C^2 x tokens summed over the stages), which the paper's 2.0 / 3.9 G
+rule out.  The class token has no spatial position: its
 convolution term is zero (it gets ``rate1 * proj(att)``).  Measured: Tiny
-13.37M params / 2.02 GMACs, Small 24.84M / 3.97 GMACs at 224.
+13.40M params / 2.02 GMACs, Small 24.82M / 3.97 GMACs at 224.
 
 Keys follow PVT's (``q``, ``kv``, ``sr``, ``norm``, ``proj``, ``mlp.fc1/fc2``) and
 ACmix's (``fc``, ``dep_conv``, ``rate1``, ``rate2``) inside the blocks;

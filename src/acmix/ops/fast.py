@@ -302,22 +302,22 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
                              kernel_att=cfg.kernel_att, kernel_conv=cfg.kernel_conv, stride=s,
                              dilation=cfg.dilation)
 
-    parts = []
-    if cfg.has_attention:
-        q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
-        qs = q[..., ::s, ::s]
-        r = None
-        if pe_w is not None:
-            r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
-        if backend is Backend.TRITON:
-            from .triton_attention import window_attention_triton
-
-            parts.append(window_attention_triton(q, r, k, v, **args))
-        else:
-            parts.append(attention_eager(qs.contiguous(), r, k, v, **args))
+    conv = None
     if cfg.has_conv:
         conv_w = required(conv_w, "conv_weight").to(qkv.dtype)
-        parts.append(F.conv2d(qkv, conv_w, w.conv_bias, stride=s, padding=cfg.kernel_conv // 2, groups=hd))
-    if len(parts) == 1:
-        return parts[0]
-    return blend(w, parts[0], parts[1])
+        conv = F.conv2d(qkv, conv_w, w.conv_bias, stride=s, padding=cfg.kernel_conv // 2, groups=hd)
+        if not cfg.has_attention:
+            return conv
+    q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
+    qs = q[..., ::s, ::s]
+    r = None
+    if pe_w is not None:
+        r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
+    if backend is Backend.TRITON:  # the rate combination runs in the kernel's epilogue
+        from .triton_attention import window_attention_triton
+
+        if conv is None:
+            return window_attention_triton(q, r, k, v, **args)
+        return window_attention_triton(q, r, k, v, **args, conv=conv, rate_att=w.rate_att, rate_conv=w.rate_conv)
+    att = attention_eager(qs.contiguous(), r, k, v, **args)
+    return att if conv is None else blend(w, att, conv)

@@ -110,7 +110,7 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
     """The implementation a call with this input would use (``weights`` allow measuring under ``AUTO``)."""
     chosen = as_enum(Backend, backend, "backend") if backend is not None else _default()
     if chosen is Backend.AUTO:
-        if cfg.has_attention and _triton_fits(x):
+        if cfg.has_attention and x.device.type == "cuda" and _triton_fits(x):  # the interpreter only on request
             return Backend.TRITON
         if not (_kernel_fits(x) and native.available()):
             return Backend.EAGER
