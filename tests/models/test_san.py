@@ -133,6 +133,20 @@ def test_authors_checkpoint_loads():
     torch.testing.assert_close(dst(x), src(x))
 
 
+def test_filter_unwraps_like_every_family():
+    """The one unwrapper: EMA weights first, torch.compile's ``_orig_mod.`` and ``module.`` removed,
+    non-tensor entries dropped."""
+    dst = SAN(**SMALL, num_classes=10)
+    sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in dst.state_dict().items()}
+    plain = checkpoint_filter_fn(_to_authors(sd), dst)
+    compiled = {k.replace("module.", "module._orig_mod."): v for k, v in _to_authors(sd)["state_dict"].items()}
+    decoy = {k: torch.zeros_like(v) for k, v in compiled.items()}
+    for ckpt in ({"state_dict": compiled, "epoch": 3}, {"state_dict_ema": compiled, "state_dict": decoy}):
+        got = checkpoint_filter_fn(ckpt, dst)
+        assert got.keys() == plain.keys() == sd.keys()
+        assert all(torch.equal(got[k], plain[k]) for k in plain)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="5 entries"):
         SAN(layers=(1, 1, 1, 1))

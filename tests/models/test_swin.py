@@ -6,6 +6,7 @@ import copy
 import pickle
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import timm
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import acmix  # noqa: F401
+from acmix.checkpoint_io import ConfigStub, load_checkpoint_file
 from acmix.models import acmix_swin
-from acmix.models._builder import ConfigStub, load_checkpoint_file
 from acmix.models.acmix_swin import SwinACmix, SwinACmixBlock
 from acmix.ops import shift_kernel
 from helpers import randomize_
@@ -216,6 +217,24 @@ def test_training_dict_with_pickled_config_loads_without_unpickling_it(source, t
     acmix_swin.convert_checkpoint(path, safe)
     with torch.no_grad():
         assert torch.equal(_load(safe)(x), out)
+
+
+def test_conversion_is_atomic(tmp_path, monkeypatch):
+    """A conversion that fails while writing keeps the earlier output and leaves no temporary file."""
+    src, dst = tmp_path / "release.pth", tmp_path / "bare.pth"
+    torch.save({"model": {"module.w": torch.ones(3)}, "epoch": 300}, src)
+    assert acmix_swin.convert_checkpoint(src, dst) == ["w"]
+
+    def dying_save(obj, f):
+        Path(f).write_bytes(b"half a file")
+        raise OSError("device error")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="device error"):
+        acmix_swin.convert_checkpoint(src, dst)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(dst, weights_only=True)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.pth", "release.pth"]
 
 
 def test_other_pickled_globals_are_refused(tmp_path):

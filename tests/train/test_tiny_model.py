@@ -22,6 +22,10 @@ def test_timm_contract() -> None:
     assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
     model.reset_classifier(0, global_pool="")
     assert model(x).shape == (2, 16, 7, 7)
+    model.double().reset_classifier(4, global_pool="avg")  # the new head follows the model's dtype
+    assert model(x.double()).shape == (2, 4) and model.get_classifier().weight.dtype == torch.float64
+    with pytest.raises(ValueError, match="global_pool='max' is not one of 'avg', ''"):
+        model.reset_classifier(4, global_pool="max")
     rgb = timm.create_model("acmix_resnet_tiny", in_chans=3, num_classes=5, widths=(0, 8, 16), heads=2)
     assert rgb(torch.randn(1, 3, 20, 20)).shape == (1, 5) and rgb.in_chans == 3
 

@@ -169,10 +169,12 @@ def _clock(seconds: float) -> str:
 
 
 def _result(variant: str, seed: int, cfg: Any, metrics: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    from ..train.metrics import MetricsLogger
+
     config = json.loads((folder / "config.json").read_text())["resolved"]
     model = timm.create_model(cfg.model, num_classes=config["num_classes"], in_chans=config["in_chans"],
                               **cfg.model_kwargs)
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = MetricsLogger.read(folder / "metrics.jsonl")
     # a run resumed after its last epoch (stopped before result.json) evaluates nothing: use its log
     last, evals = dict(metrics), [r for r in rows if "val_top1" in r] or [{"val_top1": float("nan")}]
     result = {"variant": variant, "seed": seed, "combination": cfg.model_kwargs["combination"],

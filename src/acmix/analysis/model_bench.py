@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cli.train import json_dict
+from ..argtypes import json_dict
 from ..ops import Backend, use_backend
 from ..ops.config import check_positive
 from .timing import autocast, check_device, check_precision, peak_bytes, sync, time_ms

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from acmix.cli.train import json_dict
+from acmix.argtypes import json_dict
 
 __all__ = ["add_parser", "command"]
 

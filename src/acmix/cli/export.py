@@ -19,14 +19,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
-    from acmix.train.checkpoint import WEIGHT_SUFFIXES, extract_state_dict, load_checkpoint, save_weights
+    from acmix.train.checkpoint import check_weights_suffix, extract_state_dict, load_checkpoint, save_weights
 
     src, dst = Path(args.checkpoint), Path(args.output)
     if dst.exists() and src.exists() and dst.samefile(src):
         raise ValueError(f"export would overwrite its input {src}; give another output file")
-    if dst.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"{dst}: unknown weights format {dst.suffix or '(no extension)'!r}; "
-                         f"use one of {', '.join(WEIGHT_SUFFIXES)}")
+    check_weights_suffix(dst)  # before reading the checkpoint
     sd = extract_state_dict(load_checkpoint(src), use_ema=args.use_ema)
     save_weights(sd, dst, {"source": src.name})
     print(f"wrote {len(sd)} tensors to {dst} ({'safetensors' if dst.suffix == '.safetensors' else 'torch.save'})")

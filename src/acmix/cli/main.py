@@ -14,12 +14,24 @@ import sys
 import time
 from collections.abc import Sequence
 
-from acmix.cli import bench, bench_models, build_kernel, convert_swin, export, paper, presets, showcase, train
+from acmix.cli import (
+    bench,
+    bench_models,
+    build_kernel,
+    convert_swin,
+    export,
+    export_model,
+    paper,
+    presets,
+    showcase,
+    train,
+)
 from acmix.cli import eval as eval_cmd
 
 __all__ = ["build_parser", "dispatch", "main", "one_line"]
 
-SUBCOMMANDS = (train, eval_cmd, export, presets, showcase, bench, bench_models, convert_swin, build_kernel, paper)
+SUBCOMMANDS = (train, eval_cmd, export, export_model, presets, showcase, bench, bench_models, convert_swin,
+               build_kernel, paper)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from acmix.argtypes import json_dict
+
 __all__ = ["add_parser", "command", "config_from_args"]
 
 HELP = {
@@ -40,17 +42,6 @@ HELP = {
 }
 ALIASES = {"batch_size": ["-b"], "workers": ["-j"], "drop_path_rate": ["--drop-path"], "model": ["-m"]}
 OWN_FLAGS = ("command", "func", "preset", "print_config")
-
-
-def json_dict(text: str) -> dict[str, Any]:
-    """argparse ``type`` for a JSON object flag."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

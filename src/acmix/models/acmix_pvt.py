@@ -60,9 +60,11 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
+from ..checkpoint_io import unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
+from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
 
 __all__ = ["PAPER_FIGURES", "PyramidVisionTransformerV1", "SRAttention", "checkpoint_filter_fn"]
 
@@ -73,6 +75,7 @@ PAPER_FIGURES: dict[str, dict] = {
     "acmix_pvt_tiny": dict(params_m=13.0, params_tol=0.04, macs_g=2.0, top1=78.0),
     "acmix_pvt_small": dict(params_m=25.0, params_tol=0.04, macs_g=3.9, top1=81.7),
 }
+_POOLS = ("token", "avg", "")
 
 
 class SRAttention(ConvPathMixer):
@@ -276,14 +279,12 @@ class PyramidVisionTransformerV1(nn.Module):
             raise ValueError("patch_sizes, embed_dims, num_heads, mlp_ratios, sr_ratios and depths need the same "
                              f"length, got {len(patch_sizes)}, {len(embed_dims)}, {len(num_heads)}, "
                              f"{len(mlp_ratios)}, {len(sr_ratios)}, {n}")
-        if global_pool not in ("token", "avg", ""):
-            raise ValueError(f"global_pool={global_pool!r} is not one of 'token', 'avg', ''")
         if sr_ratios[-1] != 1:
             raise ValueError(f"the last stage carries the class token and needs sr_ratio 1, got {sr_ratios[-1]}")
         img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        self.global_pool = global_pool
+        self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_prefix_tokens = 1
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, prev, cur, reduction = [], in_chans, 0, 1
@@ -303,7 +304,7 @@ class PyramidVisionTransformerV1(nn.Module):
         self.norm: nn.Module = nn.LayerNorm(prev, eps=norm_eps, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, prev, **dd))
         self.num_features = self.head_hidden_size = prev
-        self.head = nn.Linear(prev, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head: nn.Module = nn.Linear(prev, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     @torch.no_grad()
@@ -325,8 +326,7 @@ class PyramidVisionTransformerV1(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        names = {"cls_token"} | {f"stages.{i}.pos_embed" for i in range(len(self.stages))}
-        return names | {n for n, _ in self.named_parameters() if n.endswith(("rate1", "rate2"))}
+        return no_weight_decay_names(self, ("cls_token", "pos_embed"))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -351,14 +351,7 @@ class PyramidVisionTransformerV1(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("token", "avg", ""):
-                raise ValueError(f"global_pool={global_pool!r} is not one of 'token', 'avg', ''")
-            self.global_pool = global_pool
-        p = self.cls_token
-        self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
-                     if num_classes > 0 else nn.Identity())
+        self.head = reset_linear_head(self, num_classes, global_pool, _POOLS, self.cls_token)
 
     def _run(self, x: Tensor, stages: Sequence[PVTStage]) -> tuple[Tensor, tuple[int, int], list[tuple]]:
         outs = []
@@ -427,12 +420,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: PyramidVisionTransfo
     and resize position embeddings stored for another input size."""
     from timm.layers import resample_abs_pos_embed
 
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
     out = {}
-    for k, v in state_dict.items():
-        k = k.removeprefix("module.")
+    for k, v in unwrap_state_dict(state_dict).items():
         for old, new in (("patch_embed", "patch_embed"), ("pos_embed", "pos_embed"), ("block", "blocks")):
             head, _, rest = k.partition(".")
             idx = head.removeprefix(old)

@@ -37,8 +37,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 
+from ..checkpoint_io import unwrap_state_dict
 from ..nn import ACmix
-from ._builder import unwrap_state_dict
+from ._builder import no_weight_decay_names
 
 __all__ = ["PAPER_FIGURES", "ACmixResNet", "acmix_self_attn", "checkpoint_filter_fn"]
 
@@ -62,7 +63,7 @@ class ACmixResNet(ByobNet):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith((".rate1", ".rate2"))}
+        return no_weight_decay_names(self)
 
 
 _DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}

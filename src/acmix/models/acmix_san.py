@@ -51,9 +51,11 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
+from ..checkpoint_io import unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
-from ..ops.config import Combination, ShiftMode, check_positive
+from ..ops.config import Combination, ShiftMode, check_odd, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
+from ._builder import no_weight_decay_names
 
 __all__ = ["PAPER_FIGURES", "SAM", "SAN", "SANBlock", "checkpoint_filter_fn"]
 
@@ -93,10 +95,9 @@ class SAM(ConvPathMixer):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         for name, value in (("in_planes", in_planes), ("rel_planes", rel_planes), ("out_planes", out_planes),
-                            ("share_planes", share_planes), ("kernel_size", kernel_size)):
+                            ("share_planes", share_planes)):
             check_positive(value, name)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        check_odd(kernel_size, "kernel_size")
         if out_planes % share_planes:
             raise ValueError(f"out_planes={out_planes} is not divisible by share_planes={share_planes}")
         dd: FactoryKwargs = {"device": device, "dtype": dtype}
@@ -258,7 +259,7 @@ class SAN(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith(("rate1", "rate2"))}
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -326,12 +327,8 @@ class SAN(nn.Module):
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: SAN) -> dict[str, Tensor]:
     """Map a checkpoint of the authors' SAN (``module.``-prefixed, maybe under ``state_dict``) to this layout."""
-    for key in ("state_dict", "model"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
     out = {}
-    for k, v in state_dict.items():
-        k = k.removeprefix("module.")
+    for k, v in unwrap_state_dict(state_dict).items():
         if k.startswith(("conv_in.", "bn_in.")):
             k = ("stem.conv." if k.startswith("conv_in.") else "stem.bn.") + k.split(".", 1)[1]
         elif k[:4] in ("conv", "laye") or k[:2] == "bn":

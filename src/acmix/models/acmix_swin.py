@@ -42,7 +42,7 @@ a few pairs of rows from opposite borders attend to each other unmasked.
 Pad-then-roll keeps the mask exact (``tests/models/test_swin.py``).
 
 Loading (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``)
-reads the file in the builder with :func:`acmix.models._builder.load_checkpoint_file` (weights
+reads the file in the builder with :func:`acmix.checkpoint_io.load_checkpoint_file` (weights
 only; a full training dict with a pickled yacs config is read through an
 allow-list, nothing else is unpickled).  Plain Swin weights initialise Swin-ACmix
 with only the ACmix extras (``attn.fc``, ``attn.dep_conv``, ``attn.rate1/2``) left
@@ -67,9 +67,11 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
 
+from ..checkpoint_io import load_checkpoint_file, save_weights, unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs
 from ..ops import Combination, ShiftMode
-from ._builder import fill_missing, load_checkpoint_file, unwrap_state_dict
+from ..ops.config import check_positive
+from ._builder import check_global_pool, fill_missing, no_weight_decay_names, reset_linear_head
 
 __all__ = [
     "PAPER_FIGURES",
@@ -82,6 +84,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+_POOLS = ("", "avg")
 ACMIX_EXTRA_SUFFIXES = ("attn.fc.weight", "attn.fc.bias", "attn.dep_conv.weight", "attn.rate1", "attn.rate2")
 
 
@@ -290,14 +293,12 @@ class SwinACmix(nn.Module):
                  norm_layer: type[nn.Module] = nn.LayerNorm,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if global_pool not in ("", "avg"):
-            raise ValueError(f"global_pool={global_pool!r} is not one of '', 'avg'")
         if len(depths) != len(num_heads):
             raise ValueError(f"depths={depths!r} and num_heads={num_heads!r} differ in length")
-        if window_size <= 0:
-            raise ValueError(f"window_size must be positive, got {window_size!r}")
+        check_positive(window_size, "window_size")
         dd: FactoryKwargs = {"device": device, "dtype": dtype}
-        self.num_classes, self.global_pool, self.drop_rate = num_classes, global_pool, drop_rate
+        self.num_classes, self.drop_rate = num_classes, drop_rate
+        self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_layers = len(depths)
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (self.num_layers - 1))
         self.grad_checkpointing = False
@@ -320,7 +321,7 @@ class SwinACmix(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2**i, module=f"layers.{i}"))
         self.norm = norm_layer(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head: nn.Module = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         for m in self.modules():
             if isinstance(m, WindowAttentionACmix):
@@ -339,8 +340,7 @@ class SwinACmix(nn.Module):
     # --- timm interface
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters()
-                if n.endswith((".relative_position_bias_table", ".rate1", ".rate2"))}
+        return no_weight_decay_names(self, ("relative_position_bias_table",))
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -364,14 +364,7 @@ class SwinACmix(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("", "avg"):
-                raise ValueError(f"global_pool={global_pool!r} is not one of '', 'avg'")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        w = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else self.patch_embed.proj.weight
-        self.head = (nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype)
-                     if num_classes > 0 else nn.Identity())
+        self.head = reset_linear_head(self, num_classes, global_pool, _POOLS, self.patch_embed.proj.weight)
 
     def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
@@ -465,18 +458,13 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> list[s
     ``src`` may be a full training dict (``model``, ``optimizer``, a pickled yacs
     config): it is read with the allow-list of :func:`load_checkpoint_file`, never
     with an unrestricted unpickler.  ``dst`` ending in ``.safetensors`` is written as
-    safetensors, anything else with ``torch.save``.  Returns the keys written.
+    safetensors, anything else with ``torch.save``, atomically (an existing ``dst``
+    stays as it was if the write fails).  Returns the keys written.
     """
-    state_dict = {k: v.contiguous() for k, v in unwrap_state_dict(load_checkpoint_file(src)).items()}
+    state_dict = unwrap_state_dict(load_checkpoint_file(src))
     if not state_dict:
         raise ValueError(f"no tensors found in checkpoint {os.fspath(src)!r}")
-    dst = os.fspath(dst)
-    if dst.endswith(".safetensors"):
-        from safetensors.torch import save_file
-
-        save_file(state_dict, dst)
-    else:
-        torch.save(state_dict, dst)
+    save_weights(state_dict, dst, any_suffix=True)
     return list(state_dict)
 
 

@@ -16,11 +16,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from ..nn import ACmix
+from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
 
 __all__ = ["ACmixTinyNet"]
 
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
+_POOLS = ("avg", "")
 
 
 def _conv_bn(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
@@ -69,11 +71,9 @@ class ACmixTinyNet(nn.Module):
         if len(widths) != 3 or len(depths) != 2 or min(widths[1:]) < 1 or min(widths) < 0 or min(depths) < 0:
             raise ValueError(f"widths needs 3 entries (stem >= 0, stages >= 1) and depths 2 (>= 0), "
                              f"got widths={widths!r} depths={depths!r}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.global_pool = global_pool
+        self.global_pool = check_global_pool(global_pool, _POOLS)
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         c0, c1, c2 = widths
@@ -95,7 +95,7 @@ class ACmixTinyNet(nn.Module):
         self.feature_info = [dict(num_chs=c1, reduction=2, module="stage1"),
                              dict(num_chs=c2, reduction=4, module="stage2")]
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(c2, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Linear(c2, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -105,8 +105,7 @@ class ACmixTinyNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """The ACmix rates (timm's optimizer factory also skips every other 1-D parameter)."""
-        return {n for n, _ in self.named_parameters() if n.endswith(("rate1", "rate2"))}
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -121,12 +120,7 @@ class ACmixTinyNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = reset_linear_head(self, num_classes, global_pool, _POOLS, next(self.parameters()))
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)

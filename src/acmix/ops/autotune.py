@@ -68,14 +68,16 @@ def _read(path: Path) -> dict[str, dict[str, str]]:
 
 def _write(path: Path, machine: str) -> None:
     global _warned
+    from ..checkpoint_io import CheckpointError, atomic_write
+
+    data = _read(path)  # merge: other processes may have written meanwhile
+    data.setdefault(machine, {}).update(_memory)
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read(path)  # merge: other processes may have written meanwhile
-        data.setdefault(machine, {}).update(_memory)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only home must not break the layer
+        atomic_write(path, write)
+    except (OSError, CheckpointError) as exc:  # a read-only home must not break the layer
         if not _warned:
             _warned = True
             warnings.warn(f"acmix: cannot write the backend cache {path} ({exc}); choices are kept in memory",

@@ -18,6 +18,7 @@ __all__ = [
     "position_grid",
     "reflect_index",
     "reflect_pad",
+    "reflect_positions",
     "required",
     "shift_kernel",
 ]
@@ -69,7 +70,7 @@ def position_grid(height: int, width: int, *, device: torch.device | None = None
     ``linspace`` so that an exported graph keeps H and W symbolic.
     """
     def axis(n: int) -> Tensor:
-        step = 2.0 / max(n - 1, 1)
+        step = 2.0 / _size_max(n - 1, 1)
         return torch.arange(n, device=device, dtype=dtype) * step - 1.0
 
     xs = axis(width).view(1, width).expand(height, width)
@@ -85,10 +86,18 @@ def reflect_index(size: int, pad: int, *, device: torch.device | None = None) ->
     forth with period ``2 * (size - 1)``), and a single-pixel axis repeats its
     pixel.  This is the layer's defined semantics for tiny feature maps.
     """
-    pos = torch.arange(-pad, size + pad, device=device)
-    if size == 1:
-        return torch.zeros_like(pos)
-    period = 2 * (size - 1)
+    return reflect_positions(torch.arange(-pad, size + pad, device=device), size)
+
+
+def reflect_positions(pos: Tensor, size: int) -> Tensor:
+    """:func:`reflect_index`'s rule for any integer positions ``pos`` on an axis of ``size`` pixels.
+
+    Branch-free in ``size`` (the period is at least 1, which maps a single-pixel
+    axis to pixel 0), so an exported graph keeps ``size`` symbolic.
+    """
+    period = _size_max(2 * (size - 1), 1)
+    if isinstance(period, torch.SymInt):  # a 0-d tensor: ONNX converters take no symbolic Python scalar here
+        period = torch.full((), period, dtype=pos.dtype, device=pos.device)
     pos = pos.remainder(period)
     return torch.where(pos >= size, period - pos, pos)
 
@@ -98,6 +107,11 @@ def reflect_pad(t: Tensor, pad: int) -> Tensor:
     ih = reflect_index(t.shape[-2], pad, device=t.device)
     iw = reflect_index(t.shape[-1], pad, device=t.device)
     return t.index_select(-2, ih).index_select(-1, iw)
+
+
+def _size_max(a: int, b: int) -> int:
+    """``max`` of sizes; ``torch.sym_max`` for symbolic sizes, so that no guard is recorded."""
+    return torch.sym_max(a, b) if isinstance(a, torch.SymInt) else max(a, b)
 
 
 def shift_kernel(kernel: int, *, device: torch.device | None = None,

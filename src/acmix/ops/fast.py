@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Hashable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ from .common import (
     position_grid,
     reflect_index,
     reflect_pad,
+    reflect_positions,
     required,
     shift_kernel,
 )
@@ -130,6 +132,13 @@ def _tile_mask(tile: int, halo: tuple[int, int], cfg_key: tuple[int, int, int], 
     return mask.reshape(tile * tile, hh * hw).to(device=device, dtype=dtype)
 
 
+def _cached(fn: functools._lru_cache_wrapper[Tensor], *args: Hashable) -> Tensor:
+    """Export fix: the ``lru_cache``d masks are bypassed while tracing (export, compile), else the cache
+    would keep the tracer's fake tensors and hand them to later eager calls."""
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return fn.__wrapped__(*args) if tracing else fn(*args)
+
+
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev) (scale already in q).
 
@@ -147,6 +156,13 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     return out.squeeze(1)[..., :ev]
 
 
+def _static(*sizes: int) -> bool:
+    """Export fix: whether the sizes are plain ints.  Symbolic sizes (``torch.export``, dynamic shapes)
+    take the tiled path, which is exact at every size, so the graph holds no guard on H and W and the
+    ``lru_cache``d helpers never see a ``SymInt``."""
+    return all(type(s) is int for s in sizes)
+
+
 def dense_attention_fits(h: int, w: int, stride: int) -> bool:
     """Whether the eager path attends over the whole map (``log(multiplicity)`` bias) at this size."""
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -161,7 +177,13 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     forward at 512 channels, 7x7), from 14x14 on the kernel is as fast and needs
     half the memory (``benchmarks/op_bench.py``).
     """
-    return dense_attention_fits(h, w, cfg.stride) and h * w <= 64
+    return _static(h, w) and dense_attention_fits(h, w, cfg.stride) and h * w <= 64
+
+
+def _halo_index(size: int, pad: int, tiles: int, step: int, halo: int, device: torch.device) -> Tensor:
+    """Export fix: source pixel of every halo position of every tile, ``(tiles * halo,)``, reflect rule."""
+    pos = torch.arange(tiles, device=device).view(-1, 1) * step + torch.arange(halo, device=device) - pad
+    return reflect_positions(pos.reshape(-1), size)
 
 
 def _nonfinite_windows(k: Tensor, v: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
@@ -207,8 +229,8 @@ def _attention_finite(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scal
         k = torch.cat([k, loc], 2)
     e = q.shape[2]
     key = (kernel, stride, dilation)
-    if dense_attention_fits(h, w, stride):
-        bias = _log_multiplicity(h, w, key, q.device, q.dtype)
+    if _static(h, w) and dense_attention_fits(h, w, stride):
+        bias = _cached(_log_multiplicity, h, w, key, q.device, q.dtype)
         out = _sdpa(q.reshape(n, e, ho * wo).transpose(1, 2), k.reshape(n, e, h * w).transpose(1, 2),
                     v.reshape(n, hd, h * w).transpose(1, 2), bias)
         return out.transpose(1, 2).reshape(b, heads * hd, ho, wo)
@@ -218,18 +240,24 @@ def _attention_finite(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scal
     if halo * halo > 2 * kernel * kernel * t * t:  # mostly-empty halos (large dilation): gather the windows
         return _attention_gather(q, k, v, kernel=kernel, stride=stride, dilation=dilation)
     pad = dilation * (kernel - 1) // 2
-    th, tw = -(-ho // t), -(-wo // t)
-    kv = reflect_pad(torch.cat([k, v], 2).reshape(n, e + hd, h, w), pad)
-    need_h, need_w = stride * t * (th - 1) + halo, stride * t * (tw - 1) + halo
-    kv = F.pad(kv, (0, max(need_w - kv.shape[-1], 0), 0, max(need_h - kv.shape[-2], 0)))
-    kv = kv.unfold(2, halo, stride * t).unfold(3, halo, stride * t)  # (n, E+hd, th, tw, halo, halo)
-    kv = kv.permute(0, 2, 3, 4, 5, 1).reshape(n * th * tw, halo * halo, e + hd)
+    th, tw = (ho + t - 1) // t, (wo + t - 1) // t  # export fix: no floor division of negatives
+    # Export fix: every tile's reflect-padded halo gathered by one flat index (no pad sized by max(), no
+    # Tensor.unfold: they guard on or fix H and W in exported graphs), in the (tile, halo^2, E) order the
+    # attention reads.  Positions past the padded map only feed padded queries, cropped below.
+    rows = _halo_index(h, pad, th, stride * t, halo, k.device).view(th, 1, halo, 1)
+    cols = _halo_index(w, pad, tw, stride * t, halo, k.device).view(1, tw, 1, halo)
+    kv = torch.cat([k, v], 2).reshape(n, e + hd, h * w).transpose(1, 2)
+    kv = kv.index_select(1, (rows * w + cols).reshape(-1)).reshape(n * th * tw, halo * halo, e + hd)
     qt = F.pad(q.reshape(n, e, ho, wo), (0, tw * t - wo, 0, th * t - ho))
     qt = qt.reshape(n, e, th, t, tw, t).permute(0, 2, 4, 3, 5, 1).reshape(n * th * tw, t * t, e)
-    mask = _tile_mask(t, (halo, halo), key, q.device, q.dtype)
+    mask = _cached(_tile_mask, t, (halo, halo), key, q.device, q.dtype)
     out = _sdpa(qt, kv[..., :e], kv[..., e:], mask)  # (n*th*tw, t*t, hd)
-    out = out.reshape(n, th, tw, t, t, hd).permute(0, 5, 1, 3, 2, 4).reshape(n, hd, th * t, tw * t)
-    return out[..., :ho, :wo].reshape(b, heads * hd, ho, wo)
+    # Export fix: the ho x wo real queries picked out of the padded tiles by index (a slice would guard
+    # on whether it crops anything, i.e. on H and W modulo the tile).
+    i, j = torch.arange(ho, device=q.device).view(-1, 1), torch.arange(wo, device=q.device)
+    keep = ((i // t * tw + j // t) * t + i % t) * t + j % t
+    out = out.reshape(n, th * tw * t * t, hd).index_select(1, keep.reshape(-1))
+    return out.transpose(1, 2).reshape(b, heads * hd, ho, wo)
 
 
 def _attention_gather(q: Tensor, k: Tensor, v: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor:

@@ -1,24 +1,21 @@
 """Checkpoints: the one place that reads, unwraps and writes weights for training, eval and export.
 
-Reading goes through :func:`acmix.models._builder.load_checkpoint_file` (the
-models' reader: ``weights_only`` first, then an allow-list that never runs
-pickled code); every failure becomes one :class:`CheckpointError` line naming
-the file.  Writing goes through :func:`atomic_write` (temporary file in the
-same folder, fsync, rename), which keeps the previous file when the disk is
-full and gives the result the folder's usual file mode.  A checkpoint holds only
+Files are read and written by :mod:`acmix.checkpoint_io`, which the models use
+too: reading with ``weights_only`` first, then an allow-list that never runs
+pickled code (every failure becomes one :class:`CheckpointError` line naming
+the file); writing through :func:`atomic_write` (temporary file in the same
+folder, fsync, rename), which keeps the previous file when the disk is full and
+gives the result the folder's usual file mode.  A checkpoint holds only
 tensors and plain containers, so ``torch.load(weights_only=True)`` reads it.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import random
 import re
-import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,15 +23,20 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_SUFFIXES", "CheckpointError", "atomic_save", "atomic_write", "capture_rng", "check_writable",
-           "export_safetensors", "extract_state_dict", "load_checkpoint", "load_weights", "read_error",
-           "remove_stale_temps", "restore_rng", "save_weights", "unwrap"]
+from ..checkpoint_io import (
+    WEIGHT_SUFFIXES,
+    CheckpointError,
+    atomic_save,
+    atomic_write,
+    check_weights_suffix,
+    load_checkpoint_file,
+    save_weights,
+    unwrap_state_dict,
+)
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, written or used, with the file in the message."""
+__all__ = ["WEIGHT_SUFFIXES", "CheckpointError", "atomic_save", "atomic_write", "capture_rng",
+           "check_weights_suffix", "check_writable", "export_safetensors", "extract_state_dict", "load_checkpoint",
+           "load_weights", "read_error", "remove_stale_temps", "restore_rng", "save_weights", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -49,83 +51,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- writing
-def _file_mode() -> int:
-    """The mode ``open()`` gives new files here (0o666 less the umask); ``mkstemp`` would give 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, Mapping):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
-def _disk_full(e: BaseException, folder: Path, needed: int) -> bool:
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return True
-    # torch.save reports a failed write as RuntimeError("... unexpected pos ..."): ask the disk
-    return isinstance(e, RuntimeError) and shutil.disk_usage(folder).free < needed + (1 << 20)
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None], size_hint: int = 0) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
-
-    A failure at any point leaves an existing file at ``path`` untouched and no
-    temporary file behind; a full disk raises :class:`CheckpointError` saying so.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)) and _disk_full(e, path.parent, size_hint):
-            raise CheckpointError(f"no space left on device writing {path} (needed ~{size_hint / 2**20:.0f} MB); "
-                                  f"the previous {path.name} is kept") from None
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` through :func:`atomic_write`."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), _tensor_bytes(obj))
-
-
-def save_weights(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """A state dict in the format the extension names: ``.safetensors``, or ``torch.save`` for ``.pth/.pt/.bin``."""
-    path = Path(path)
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown weights format {path.suffix or '(no extension)'!r}; "
-                              f"use one of {', '.join(WEIGHT_SUFFIXES)}")
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata), _tensor_bytes(sd))
-    return atomic_save(sd, path)
-
-
 def export_safetensors(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """The model's state dict (contiguous CPU copies) to safetensors, atomically."""
     return save_weights(unwrap(model).state_dict(), path, metadata)
@@ -175,8 +100,6 @@ def read_error(path: str | Path, e: BaseException) -> CheckpointError:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint, a bare state dict or a safetensors file as a dict, or raise one clear error."""
-    from acmix.models._builder import load_checkpoint_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
@@ -194,12 +117,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def extract_state_dict(ckpt: Mapping[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
     """The model weights in a checkpoint: ours (``model``/``ema``), common wrappers, or a bare state dict.
 
-    Unwrapping (``module.`` prefixes, non-tensor entries) is the models' own
-    :func:`acmix.models._builder.unwrap_state_dict`; ``torch.compile``'s
-    ``_orig_mod.`` prefix is removed here.
+    Unwrapping (``module.`` and ``_orig_mod.`` prefixes, non-tensor entries) is the
+    models' own :func:`acmix.checkpoint_io.unwrap_state_dict`.
     """
-    from acmix.models._builder import unwrap_state_dict
-
     if use_ema:
         sd = next((ckpt[k] for k in ("ema", "state_dict_ema", "model_ema") if isinstance(ckpt.get(k), Mapping)), None)
         if sd is None:
@@ -207,7 +127,7 @@ def extract_state_dict(ckpt: Mapping[str, Any], use_ema: bool = False) -> dict[s
     else:
         sd = next((ckpt[k] for k in ("model", "state_dict", "model_state_dict") if isinstance(ckpt.get(k), Mapping)),
                   ckpt)
-    out = {k.replace("_orig_mod.", ""): v for k, v in unwrap_state_dict(sd).items()}
+    out = unwrap_state_dict(sd)
     if not out:
         raise CheckpointError("the checkpoint holds no tensors")
     return out
