@@ -23,12 +23,15 @@ $(FMNIST):
 demo: $(STAMP) $(FMNIST)
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(PY) -m acmix.demo
 
+# mypy: strict on acmix.ops and acmix.nn, default strength elsewhere ([tool.mypy] in pyproject.toml).
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/op_bench.py

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import timm
 import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+if TYPE_CHECKING:
+    from timm.models._features import FeatureInfo
 
 __all__ = ["DETECTORS", "FPNBackbone", "detector", "dilatable", "fpn_backbone", "segmentation_model"]
 
@@ -44,14 +47,15 @@ class FPNBackbone(nn.Module):
     def __init__(self, body: nn.Module, reductions: Sequence[int], out_channels: int = 256,
                  extra_blocks: str | None = "pool") -> None:
         super().__init__()
-        have = list(body.feature_info.reduction())
+        info = cast("FeatureInfo", body.feature_info)  # timm's features_only models carry one
+        have = list(info.reduction())
         missing = [r for r in reductions if r not in have]
         if missing:
             raise ValueError(f"reductions {missing} are not among the model's feature reductions {have}")
         self.body = body
         self.levels = [have.index(r) for r in reductions]
         self.reductions = tuple(reductions)
-        channels = [body.feature_info.channels()[i] for i in self.levels]
+        channels = [info.channels()[i] for i in self.levels]
         if extra_blocks == "pool":
             extra = LastLevelMaxPool()
         elif extra_blocks == "p6p7":

@@ -36,7 +36,8 @@ def _tracing() -> Iterator[None]:
     from .ops import use_backend
 
     # the eager path in plain torch ops: the C++ kernel's custom op would tie the artifact to this build
-    with _config.patch(backed_size_oblivious=True), use_backend("eager"):
+    # torch's config modules gain patch() at runtime (install_config_module); its stubs do not show it
+    with _config.patch(backed_size_oblivious=True), use_backend("eager"):  # type: ignore[attr-defined]
         yield
 
 
@@ -71,6 +72,7 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike, *, d
             prog = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
                                      dynamic_shapes=({**_dims(dynamic_batch)},), opset_version=opset,
                                      dynamo=True, external_data=False, verbose=False)
+            assert prog is not None  # dynamo=True returns the program
             prog.save(path)
         else:
             axes = {0: "batch"} if dynamic_batch else {}

@@ -111,7 +111,8 @@ def run_ablation(out: str | Path, *, variants: Sequence[str] = tuple(VARIANTS), 
     if train:
         _check_recipe(out, recipe)
     name = MODEL
-    results, durations = [], []
+    results: list[dict[str, Any]] = []
+    durations: list[float] = []
     for i, (variant, seed) in enumerate(plan):
         _, combination, shift = VARIANTS[variant]
         folder = out / "runs" / variant / f"seed{seed}"

@@ -11,6 +11,8 @@ installed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -26,7 +28,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
     """MACs of one forward pass of ``model`` on a zero input of ``input_size``."""
     extra = 0
 
-    def hook(module: nn.Module, inputs: tuple, output) -> None:
+    def hook(module: Any, inputs: tuple, output: Any) -> None:  # only on modules with `uncounted_macs`
         nonlocal extra
         extra += int(module.uncounted_macs(inputs, output))
 

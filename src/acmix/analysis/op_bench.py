@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ACmix
+from ..nn.parts import FactoryKwargs
 from ..ops import Backend, acmix, acmix_unfold, native, resolve_backend
 from ..ops.config import ACmixConfig, check_positive
 from ..train.checkpoint import check_writable
@@ -44,7 +45,7 @@ CONVS = ("conv3x3", "conv3x3_cl")
 
 def _implementations(c: int, stride: int, device: torch.device, dtype: torch.dtype, amp: bool,
                      include_unfold: bool) -> tuple[dict[str, Callable[[Tensor], Tensor]], ACmixConfig]:
-    dd = {"device": device, "dtype": dtype}
+    dd: FactoryKwargs = {"device": device, "dtype": dtype}
     conv = nn.Conv2d(c, c, 3, stride=stride, padding=1, **dd)
     conv_cl = nn.Conv2d(c, c, 3, stride=stride, padding=1, **dd).to(memory_format=torch.channels_last)
     conv_cl.load_state_dict(conv.state_dict())
@@ -130,7 +131,7 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
 
             first = {}
             for name in impls:  # warm-up; the first compiled call includes its build
-                first[name] = time_ms(lambda name=name: fwd_bwd(name), dev)
+                first[name] = time_ms(functools.partial(fwd_bwd, name), dev)
             times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in impls}
             names = list(impls)
             for r in range(rounds):
@@ -138,9 +139,9 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
                 for name in order:
                     if name == "unfold" and r >= max(2, rounds // 2):
                         continue  # slow: fewer rounds suffice for a 10-100x gap
-                    times[name]["fwd"].append(time_ms(lambda name=name: fwd(name), dev))
-                    times[name]["fwd_bwd"].append(time_ms(lambda name=name: fwd_bwd(name), dev))
-            mem = {name: peak_bytes(lambda name=name: fwd_bwd(name), dev) for name in impls}
+                    times[name]["fwd"].append(time_ms(functools.partial(fwd, name), dev))
+                    times[name]["fwd_bwd"].append(time_ms(functools.partial(fwd_bwd, name), dev))
+            mem = {name: peak_bytes(functools.partial(fwd_bwd, name), dev) for name in impls}
             med = {n: {k: statistics.median(times[n][k]) for k in ("fwd", "fwd_bwd")} for n in impls}
             baseline = min(CONVS, key=lambda n: med[n]["fwd_bwd"])
             row = {"channels": c, "size": hw, "stride": stride, "batch": batch, "device": str(dev),

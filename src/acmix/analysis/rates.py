@@ -46,7 +46,7 @@ def extract_rates(source: nn.Module | Mapping[str, Tensor] | str | Path) -> list
         state = load_state_dict(source)
     else:
         state = dict(source)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, alpha in state.items():
         if not (key == "rate1" or key.endswith(".rate1")):
             continue

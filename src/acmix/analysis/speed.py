@@ -10,6 +10,7 @@ its baseline.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +39,9 @@ def shift_speed(*, shapes: Sequence[tuple[int, int]] = STAGE_SHAPES, modes: Sequ
         x = torch.randn(batch, c, hw, hw, device=dev, dtype=dtype, requires_grad=True)
         times: dict[str, dict[str, list[float]]] = {m: {"fwd": [], "fwd_bwd": []} for m in modes}
         for r in range(rounds + 1):  # round 0 warms up
-            for m in modes[r % len(modes):] + modes[: r % len(modes)]:
+            for m in [*modes[r % len(modes):], *modes[: r % len(modes)]]:
                 for kind in ("fwd", "fwd_bwd"):
-                    ms = time_ms(lambda layer=layers[m], x=x, kind=kind: _step(layer, x, kind), dev)
+                    ms = time_ms(functools.partial(_step, layers[m], x, kind), dev)
                     if r:
                         times[m][kind].append(ms)
         med = {m: {k: statistics.median(v) for k, v in t.items()} for m, t in times.items()}

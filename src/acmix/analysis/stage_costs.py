@@ -17,6 +17,7 @@ the one 1x1 projection convolution, the whole layer as the library's forward.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..nn import ACmix
+from ..nn.parts import FactoryKwargs
 from .timing import check_device, time_ms
 
 __all__ = ["OPERATORS", "Layer", "layer_costs", "measure_time_share", "model_layers", "resnet50_layers",
@@ -184,6 +186,7 @@ def _shift_sum(y: Tensor, k: int, stride: int, out_hw: tuple[int, int]) -> Tenso
         dy, dx = divmod(t, k)
         piece = y[:, t, :, dy: dy + stride * (ho - 1) + 1: stride, dx: dx + stride * (wo - 1) + 1: stride]
         out = piece.clone() if out is None else out.add_(piece)
+    assert out is not None  # k >= 1 pieces
     return out
 
 
@@ -202,7 +205,7 @@ def measure_time_share(layers: Sequence[Layer], *, batch: int = 8, rounds: int =
     :class:`acmix.ACmix` (``combination='attention'`` for self-attention) on the default backend.
     """
     dev = check_device(device)
-    dd = {"device": dev, "dtype": dtype}
+    dd: FactoryKwargs = {"device": dev, "dtype": dtype}
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shares: dict[str, dict[str, float]] = {}
     sums: dict[str, list[float]] = {op: [0.0, 0.0] for op in OPERATORS}
@@ -219,7 +222,7 @@ def measure_time_share(layers: Sequence[Layer], *, batch: int = 8, rounds: int =
 
 def _layer_times(layer: Layer, x: Tensor, rounds: int, dev: torch.device) -> dict[str, tuple[float, float]]:
     """``{operator: (Stage I ms, whole layer ms)}`` on ``x``."""
-    dd = {"device": x.device, "dtype": x.dtype}
+    dd: FactoryKwargs = {"device": x.device, "dtype": x.dtype}
     k, s = layer.kernel_conv, layer.stride
     out_hw = ((layer.height - 1) // s + 1, (layer.width - 1) // s + 1)
     proj_conv = nn.Conv2d(layer.c_in, k * k * layer.c_out, 1, bias=False, **dd)
@@ -232,5 +235,5 @@ def _layer_times(layer: Layer, x: Tensor, rounds: int, dev: torch.device) -> dic
     for op, combination in (("self-attention", "attention"), ("acmix", "learned")):
         mod = ACmix(layer.c_in, layer.c_out, kernel_att=layer.kernel_att, heads=layer.heads, kernel_conv=k,
                     stride=s, combination=combination, **dd)
-        times[op] = (t1_qkv, _median_ms(lambda mod=mod: mod(x), rounds, dev))
+        times[op] = (t1_qkv, _median_ms(functools.partial(mod, x), rounds, dev))
     return times

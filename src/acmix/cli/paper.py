@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["add_parser", "run"]
 
@@ -111,7 +111,7 @@ def _stage_costs(args: argparse.Namespace) -> None:
         from acmix.analysis.family_stages import family_stage_costs
 
         model = timm.create_model(args.model)
-        chans, native = model.pretrained_cfg["input_size"][:2]
+        chans, native = cast("dict[str, Any]", model.pretrained_cfg)["input_size"][:2]  # timm sets a dict
         img = min(args.img_size or native, 64 if args.quick else 1 << 30)
         what = f"{args.model} at {img}x{img}"
         rows = family_stage_costs(model, (chans, img, img))

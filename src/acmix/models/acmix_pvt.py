@@ -49,7 +49,7 @@ position embeddings when the model's input size differs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from ..checkpoint_io import unwrap_state_dict
-from ..nn.parts import ConvPathMixer, resolve_combination
+from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
 from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
@@ -100,7 +100,7 @@ class SRAttention(ConvPathMixer):
             check_positive(value, name)
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.sr_ratio, self.norm_eps = sr_ratio, norm_eps
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
@@ -167,7 +167,7 @@ class Block(nn.Module):
                  norm_eps: float = 1e-6, acmix: bool = False, combination: Combination | str | None = None,
                  shift: ShiftMode | str = ShiftMode.GROUPED, device=None, dtype=None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
         # the spatial-reduction norm keeps LayerNorm's default eps (PVT v1), not the blocks' norm_eps
         self.attn = SRAttention(dim, num_heads, sr_ratio=sr_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop,
@@ -215,7 +215,7 @@ class PVTStage(nn.Module):
                  combination: Combination | str | None = None, shift: ShiftMode | str = ShiftMode.GROUPED,
                  device=None, dtype=None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.grad_checkpointing = False
         self.grid, self.num_prefix_tokens = grid, num_prefix_tokens
         self.patch_embed = PatchEmbed(in_chs, dim, patch_size, **dd)
@@ -283,7 +283,7 @@ class PyramidVisionTransformerV1(nn.Module):
         if sr_ratios[-1] != 1:
             raise ValueError(f"the last stage carries the class token and needs sr_ratio 1, got {sr_ratios[-1]}")
         img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_prefix_tokens = 1
@@ -302,10 +302,10 @@ class PyramidVisionTransformerV1(nn.Module):
             prev, cur = embed_dims[i], cur + depths[i]
             self.feature_info.append(dict(num_chs=prev, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.ModuleList(stages)
-        self.norm = nn.LayerNorm(prev, eps=norm_eps, **dd)
+        self.norm: nn.Module = nn.LayerNorm(prev, eps=norm_eps, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, prev, **dd))
         self.num_features = self.head_hidden_size = prev
-        self.head = nn.Linear(prev, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head: nn.Module = nn.Linear(prev, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     @torch.no_grad()
@@ -339,10 +339,13 @@ class PyramidVisionTransformerV1(nn.Module):
                         (r"^norm", (99999,)),
                     ])
 
+    def _stages(self) -> list[PVTStage]:
+        return cast("list[PVTStage]", list(self.stages))  # a ModuleList of PVTStage, which torch cannot type
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
-            s.grad_checkpointing = enable
+            s.grad_checkpointing = enable  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -361,7 +364,7 @@ class PyramidVisionTransformerV1(nn.Module):
                 x = x[:, stage.num_prefix_tokens:].transpose(1, 2).reshape(b, -1, *size)
         return x, size, outs
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs as ``(B, C, H, W)`` maps (class token dropped; ``norm`` applies the final norm
@@ -369,7 +372,7 @@ class PyramidVisionTransformerV1(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}: PVT gives 'NCHW' features only")
         take, max_index = feature_take_indices(len(self.stages), indices)
-        stages = list(self.stages) if not stop_early else list(self.stages)[:max_index + 1]
+        stages = self._stages() if not stop_early else self._stages()[:max_index + 1]
         x, _, outs = self._run(x, stages)
         intermediates = []
         for i, (t, size, p) in enumerate(outs):
@@ -383,7 +386,7 @@ class PyramidVisionTransformerV1(nn.Module):
             x = self.norm(x)
         return x, intermediates
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
@@ -398,7 +401,7 @@ class PyramidVisionTransformerV1(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Tokens ``(B, 1 + H*W, C)`` of the last stage after the final norm (class token first)."""
-        x, _, _ = self._run(x, list(self.stages))
+        x, _, _ = self._run(x, self._stages())
         return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -413,7 +416,7 @@ class PyramidVisionTransformerV1(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTransformerV1) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: PyramidVisionTransformerV1) -> dict[str, Tensor]:
     """Map PVT v1's flat layout (``patch_embed1``, ``pos_embed1``, ``block1.0`` ...) to ``stages.i``,
     and resize position embeddings stored for another input size."""
     from timm.layers import resample_abs_pos_embed
@@ -427,7 +430,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTran
                 k = f"stages.{int(idx) - 1}.{new}" + (f".{rest}" if rest else "")
                 break
         if k.startswith("stages.") and k.endswith(".pos_embed"):
-            stage = model.stages[int(k.split(".")[1])] if int(k.split(".")[1]) < len(model.stages) else None
+            stage = model._stages()[int(k.split(".")[1])] if int(k.split(".")[1]) < len(model.stages) else None
             if stage is not None and v.shape != stage.pos_embed.shape:
                 p = stage.num_prefix_tokens
                 old_n = v.shape[1] - p

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -72,6 +72,7 @@ _WIDTHS = (256, 512, 1024, 2048)  # block outputs; bottleneck width is a quarter
 
 
 def _resnet_cfg(depth: int, kind: str) -> ByoModelCfg:
+    block: dict[str, Any]
     if kind == "conv":
         block = {"type": "bottle"}
     elif kind == "acmix":
@@ -153,14 +154,15 @@ def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[st
     """
     check_model_kwargs(variant, kwargs, num_features=5)  # the stem and four stages
     cfg = model_cfgs[variant]
-    switches = {k: kwargs.pop(k) for k in ("combination", "shift") if k in kwargs}
+    switches: dict[str, Any] = {k: kwargs.pop(k) for k in ("combination", "shift") if k in kwargs}
     if switches:
         acmix_kwargs = {**(acmix_kwargs or {}), **switches}
     if acmix_kwargs:
-        if cfg.blocks[0].type != "self_attn":
+        blocks = cast("tuple[ByoBlockCfg, ...]", cfg.blocks)  # flat in this family (timm also allows nesting)
+        if blocks[0].type != "self_attn":
             raise ValueError(f"acmix_kwargs={acmix_kwargs!r} given to {variant}, which has no ACmix layers")
         cfg = replace(cfg, blocks=tuple(
-            replace(b, self_attn_kwargs={**b.self_attn_kwargs, **acmix_kwargs}) for b in cfg.blocks))
+            replace(b, self_attn_kwargs={**(b.self_attn_kwargs or {}), **acmix_kwargs}) for b in blocks))
     kwargs.setdefault("zero_init_last", False)
     return with_input_check(build_model_with_cfg(
         ACmixResNet, variant, pretrained,

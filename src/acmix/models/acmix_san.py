@@ -52,7 +52,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from ..checkpoint_io import unwrap_state_dict
-from ..nn.parts import ConvPathMixer, resolve_combination
+from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_odd, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
 from ._builder import no_weight_decay_names
@@ -101,7 +101,7 @@ class SAM(ConvPathMixer):
         check_odd(kernel_size, "kernel_size")
         if out_planes % share_planes:
             raise ValueError(f"out_planes={out_planes} is not divisible by share_planes={share_planes}")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.kernel_size = kernel_size
         self.rel_planes, self.out_planes, self.share_planes = rel_planes, out_planes, share_planes
         self.conv1 = nn.Conv2d(in_planes, rel_planes, 1, **dd)
@@ -158,7 +158,7 @@ class SANBlock(nn.Module):
         super().__init__()
         if planes % 16:
             raise ValueError(f"SAN block width must be a multiple of 16, got {planes}")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         mid = planes // 4
         self.bn1 = nn.BatchNorm2d(planes, **dd)
         self.sam = SAM(planes, planes // 16, mid, share_planes=share_planes, kernel_size=kernel_size,
@@ -193,7 +193,7 @@ class SANStage(nn.Module):
                  shift: ShiftMode | str = ShiftMode.GROUPED, drop_path: Sequence[float] = (), device=None,
                  dtype=None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.grad_checkpointing = False
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)  # odd sizes: the last row / column is pooled alone
         self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=False, **dd)
@@ -239,7 +239,7 @@ class SAN(nn.Module):
             check_positive(n, f"layers[{i}]")
         for value, name in ((in_chans, "in_chans"), (stem_chs, "stem_chs")):
             check_positive(value, name)
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.grad_checkpointing = False
         self.stem = SANStem(in_chans, stem_chs, **dd)
@@ -270,7 +270,7 @@ class SAN(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
         for s in self.stages:
-            s.grad_checkpointing = enable
+            s.grad_checkpointing = enable  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -284,7 +284,7 @@ class SAN(nn.Module):
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=self.pool_type,
                                                       device=p.device, dtype=p.dtype)
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Features of stages 1-4 (strides 4, 8, 16, 32); ``indices`` index :attr:`feature_info`."""
@@ -302,7 +302,7 @@ class SAN(nn.Module):
             return intermediates
         return x, intermediates
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         self.stages = self.stages[:max_index + 2]
@@ -326,7 +326,7 @@ class SAN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: SAN) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: SAN) -> dict[str, Tensor]:
     """Map a checkpoint of the authors' SAN (``module.``-prefixed, maybe under ``state_dict``) to this layout."""
     out = {}
     for k, v in unwrap_state_dict(state_dict).items():

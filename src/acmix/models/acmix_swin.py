@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, win
 from torch import Tensor, nn
 
 from ..checkpoint_io import load_checkpoint_file, save_weights, unwrap_state_dict
-from ..nn.parts import ConvPathMixer
+from ..nn.parts import ConvPathMixer, FactoryKwargs
 from ..ops import Combination, ShiftMode
 from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names, reset_linear_head
@@ -136,7 +136,7 @@ class WindowAttentionACmix(ConvPathMixer):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.dim, self.num_heads, self.window_size = dim, num_heads, window_size
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
@@ -217,9 +217,10 @@ class SwinACmixBlock(SwinTransformerBlock):
                          shift_size=shift_size, always_partition=True, dynamic_mask=True, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop, drop_path=drop_path,
                          act_layer=act_layer, norm_layer=norm_layer, device=device, dtype=dtype)
-        self.attn = WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                         proj_drop=drop, combination=combination, shift=shift,
-                                         device=device, dtype=dtype)
+        # replaces timm's `attn` (not a subclass of timm's WindowAttention, so add_module rather than `=`)
+        self.add_module("attn", WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias,
+                                                     attn_drop=attn_drop, proj_drop=drop, combination=combination,
+                                                     shift=shift, device=device, dtype=dtype))
 
     def _attn(self, x: Tensor) -> Tensor:
         _, h, w, _ = x.shape
@@ -296,7 +297,7 @@ class SwinACmix(nn.Module):
         if len(depths) != len(num_heads):
             raise ValueError(f"depths={depths!r} and num_heads={num_heads!r} differ in length")
         check_positive(window_size, "window_size")
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.num_classes, self.drop_rate = num_classes, drop_rate
         self.global_pool = check_global_pool(global_pool, _POOLS)
         self.num_layers = len(depths)
@@ -321,7 +322,7 @@ class SwinACmix(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2**i, module=f"layers.{i}"))
         self.norm = norm_layer(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head: nn.Module = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         for m in self.modules():
             if isinstance(m, WindowAttentionACmix):
@@ -357,7 +358,7 @@ class SwinACmix(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
         for stage in self.layers:
-            stage.grad_checkpointing = enable
+            stage.grad_checkpointing = enable  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -377,7 +378,7 @@ class SwinACmix(nn.Module):
         x = self.pos_drop(self.patch_embed(x))
         intermediates = []
         last = len(self.layers) - 1
-        for i, stage in enumerate(stages):
+        for i, stage in enumerate(cast("list[SwinACmixStage]", stages)):  # a ModuleList of stages
             x = stage.forward_blocks(x)
             if i in take:
                 inter = self.norm(x) if norm and i == last else x
@@ -392,7 +393,7 @@ class SwinACmix(nn.Module):
                                   prune_head: bool = True) -> list[int]:
         take, max_index = feature_take_indices(len(self.layers), indices)
         self.layers = self.layers[:max_index + 1]
-        self.layers[-1].downsample = None
+        self.layers[-1].downsample = None  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
         if prune_norm or max_index < self.num_layers - 1:
             self.norm = nn.Identity()
         if prune_head:

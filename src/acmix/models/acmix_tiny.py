@@ -86,7 +86,7 @@ class ACmixTinyNet(nn.Module):
             self.stem = nn.Sequential(_conv_bn(in_chans, c0), _conv_bn(c0, c1, stride=2))
         else:  # no full-resolution conv: one strided conv
             self.stem = nn.Sequential(_conv_bn(in_chans, c1, stride=2))
-        switches = {"heads": heads, "combination": combination, "shift": shift}
+        switches: dict[str, Any] = {"heads": heads, "combination": combination, "shift": shift}
         self.stage1 = nn.Sequential(*[ACmixBlock(c1, kernel_att=ka[0], drop_path=rates[i], **switches)
                                       for i in range(depths[0])])
         self.down = _conv_bn(c1, c2, stride=2)
@@ -96,7 +96,7 @@ class ACmixTinyNet(nn.Module):
         self.feature_info = [dict(num_chs=c1, reduction=2, module="stage1"),
                              dict(num_chs=c2, reduction=4, module="stage2")]
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(c2, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Linear(c2, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:

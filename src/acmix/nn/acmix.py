@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.common import ACmixWeights
-from ..ops.config import ACmixConfig, Combination, ShiftMode
+from ..ops.config import ACmixConfig, Combination, ShiftMode, as_enum
 from ..ops.functional import Backend, acmix
-from .parts import ConvPathMixer
+from .parts import ConvPathMixer, FactoryKwargs
 
 __all__ = ["ACmix"]
 
@@ -48,10 +48,12 @@ class ACmix(ConvPathMixer):
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
         cfg = ACmixConfig(in_channels, out_channels, heads=heads, kernel_att=kernel_att,
                           kernel_conv=kernel_conv, stride=stride, dilation=dilation,
-                          position_encoding=position_encoding, combination=combination, shift=shift)
+                          position_encoding=position_encoding,
+                          combination=as_enum(Combination, combination, "combination"),
+                          shift=as_enum(ShiftMode, shift, "shift"))
         self.config = cfg
         self.backend = backend
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         self.conv1 = nn.Conv2d(in_channels, out_channels, 1, **dd)
         self.conv2 = nn.Conv2d(in_channels, out_channels, 1, **dd)
         self.conv3 = nn.Conv2d(in_channels, out_channels, 1, **dd)

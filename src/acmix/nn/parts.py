@@ -14,6 +14,8 @@ checkpoint layout.  The exact semantics are in ``docs/operator.md``.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import Tensor, nn
 
@@ -21,7 +23,14 @@ from ..ops.common import shift_kernel
 from ..ops.config import Combination, ShiftMode, as_enum, check_bool, check_odd, check_positive, check_rates
 from ..ops.functional import shift_conv
 
-__all__ = ["ConvPathMixer", "resolve_combination", "shift_init_"]
+__all__ = ["ConvPathMixer", "FactoryKwargs", "resolve_combination", "shift_init_"]
+
+
+class FactoryKwargs(TypedDict):
+    """``device`` and ``dtype`` for torch's factories and module constructors (``**dd``), typed per key."""
+
+    device: torch.device | str | None
+    dtype: torch.dtype | None
 
 
 @torch.no_grad()
@@ -53,6 +62,12 @@ class ConvPathMixer(nn.Module):
     buffer) or ``"tensor"`` (shifted views, no kernel).
     """
 
+    # Set by `_init_conv_path` where the configuration has them (annotations only: no class attributes).
+    fc: nn.Conv2d
+    dep_conv: nn.Conv2d
+    rate1: Tensor
+    rate2: Tensor
+
     def _init_conv_path(self, *, pieces: int, head_dim: int, out_channels: int, kernel_conv: int = 3,
                         stride: int = 1, combination: Combination | str = Combination.LEARNED,
                         shift: ShiftMode | str = ShiftMode.GROUPED, rates: tuple[float, float] = (0.5, 0.5),
@@ -72,7 +87,7 @@ class ConvPathMixer(nn.Module):
                              "(the convolution path's groups)")
         self.kernel_conv, self.conv_stride, self.conv_out_channels = kernel_conv, stride, out_channels
         self.rates = check_rates(rates)
-        dd = {"device": device, "dtype": dtype}
+        dd: FactoryKwargs = {"device": device, "dtype": dtype}
         k2 = kernel_conv * kernel_conv
         if self.has_conv:
             self.fc = nn.Conv2d(pieces, k2, 1, bias=fc_bias, **dd)

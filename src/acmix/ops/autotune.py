@@ -72,8 +72,11 @@ def _write(path: Path, machine: str) -> None:
 
     data = _read(path)  # merge: other processes may have written meanwhile
     data.setdefault(machine, {}).update(_memory)
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
+
     try:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True)))
+        atomic_write(path, write)
     except (OSError, CheckpointError) as exc:  # a read-only home must not break the layer
         if not _warned:
             _warned = True

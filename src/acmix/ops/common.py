@@ -11,6 +11,7 @@ from .config import ACmixConfig, ShiftMode
 
 __all__ = [
     "ACmixWeights",
+    "blend",
     "check_input",
     "check_weights",
     "data_dependent_ok",
@@ -18,6 +19,7 @@ __all__ = [
     "reflect_index",
     "reflect_pad",
     "reflect_positions",
+    "required",
     "shift_kernel",
 ]
 
@@ -145,11 +147,22 @@ def check_input(x: Tensor, cfg: ACmixConfig, w: ACmixWeights | None = None) -> N
                          f"of them (x.to({w.q_weight.dtype}) or layer.to({x.dtype})), or run under autocast")
 
 
-def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:
+def required(t: Tensor | None, name: str) -> Tensor:
+    """``t``, a weight that the configuration needs (so ``check_weights`` has seen it); ``ValueError`` if None."""
     if t is None:
         raise ValueError(f"{name} is required by this configuration")
-    if tuple(t.shape) != want:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want}")
+    return t
+
+
+def blend(w: ACmixWeights, att: Tensor, conv: Tensor) -> Tensor:
+    """``rate_att * att + rate_conv * conv``: Stage II when both paths run."""
+    return required(w.rate_att, "rate_att") * att + required(w.rate_conv, "rate_conv") * conv
+
+
+def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:
+    shape = tuple(required(t, name).shape)
+    if shape != want:
+        raise ValueError(f"{name} has shape {shape}, expected {want}")
 
 
 def check_weights(w: ACmixWeights, cfg: ACmixConfig) -> None:

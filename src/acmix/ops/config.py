@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import math
 import numbers
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = ["ACmixConfig", "Backend", "Combination", "ShiftMode", "as_enum", "check_bool", "check_odd", "check_positive",
            "check_rates"]
@@ -104,14 +105,14 @@ def check_bool(value: object, name: str) -> bool:
 def check_rates(rates: object) -> tuple[float, float]:
     """The initial (or fixed) ``(rate1, rate2)`` pair as finite floats; ``ValueError`` naming the value else."""
     try:
-        pair = tuple(float(r) for r in rates)  # type: ignore[union-attr]
+        pair = tuple(float(r) for r in cast("Iterable[Any]", rates))  # TypeError below if it is not iterable
     except (TypeError, ValueError):
         raise ValueError(f"rates must be a pair of numbers (rate1, rate2), got {rates!r}") from None
     if len(pair) != 2:
         raise ValueError(f"rates must be a pair (rate1, rate2), got {rates!r}")
     if not all(math.isfinite(r) for r in pair):
         raise ValueError(f"rates must be finite, got {rates!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,9 @@ class ACmixConfig:
     shift: ShiftMode = ShiftMode.GROUPED
 
     def __post_init__(self) -> None:
-        checks = {"kernel_att": check_odd, "kernel_conv": check_odd, "position_encoding": check_bool,
-                  "combination": lambda v, n: as_enum(Combination, v, n),
-                  "shift": lambda v, n: as_enum(ShiftMode, v, n)}
+        checks: dict[str, Callable[[object, str], object]] = {
+            "kernel_att": check_odd, "kernel_conv": check_odd, "position_encoding": check_bool,
+            "combination": lambda v, n: as_enum(Combination, v, n), "shift": lambda v, n: as_enum(ShiftMode, v, n)}
         for f in fields(self):  # every field checked and normalised (numpy ints become ints)
             check = checks.get(f.name, check_positive)
             object.__setattr__(self, f.name, check(getattr(self, f.name), f.name))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Hashable
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +38,13 @@ from torch import Tensor
 from . import native
 from .common import (
     ACmixWeights,
+    blend,
     data_dependent_ok,
     position_grid,
     reflect_index,
     reflect_pad,
     reflect_positions,
+    required,
     shift_kernel,
 )
 from .config import ACmixConfig, Backend, ShiftMode
@@ -57,6 +60,7 @@ def _full_conv_weight(conv_weight: Tensor | None, shift: ShiftMode, *, out_chann
     """The ``(C_out, k^2, k, k)`` group-conv kernel every shift mode amounts to (``like``: device, dtype)."""
     if shift is ShiftMode.TENSOR:
         conv_weight = shift_kernel(kernel, device=like.device, dtype=like.dtype).expand(head_dim, -1, -1, -1)
+    conv_weight = required(conv_weight, "conv_weight")
     if shift is not ShiftMode.GROUPED:
         conv_weight = conv_weight.repeat_interleave(out_channels // conv_weight.shape[0], dim=0)
     return conv_weight
@@ -128,7 +132,7 @@ def _tile_mask(tile: int, halo: tuple[int, int], cfg_key: tuple[int, int, int], 
     return mask.reshape(tile * tile, hh * hw).to(device=device, dtype=dtype)
 
 
-def _cached(fn, *args):
+def _cached(fn: functools._lru_cache_wrapper[Tensor], *args: Hashable) -> Tensor:
     """Export fix: the ``lru_cache``d masks are bypassed while tracing (export, compile), else the cache
     would keep the tracer's fake tensors and hand them to later eager calls."""
     tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
@@ -305,20 +309,22 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
 
     conv_w = None
     if cfg.has_conv:
+        fc = required(w.fc_weight, "fc_weight")
         full = _full_conv_weight(w.conv_weight, cfg.shift, out_channels=c, head_dim=hd, kernel=cfg.kernel_conv,
-                                 like=w.fc_weight)
-        conv_w = _fold(full, w.fc_weight)
+                                 like=fc)
+        conv_w = _fold(full, fc)
     pe_w = None
     if cfg.has_attention and cfg.position_encoding:
-        pe_w = w.pe_weight.reshape(hd, 2)
+        pe_w = required(w.pe_weight, "pe_weight").reshape(hd, 2)
         if w.pe_bias is not None:  # it cancels; a zero gradient keeps DDP's every-parameter check happy
             pe_w = pe_w + 0 * w.pe_bias.sum()
     args = {"scale": hd**-0.5, "kernel": cfg.kernel_att, "stride": s, "dilation": cfg.dilation}
 
     if kernel:
         one = qkv.new_ones(1)
-        rate_att = w.rate_att if cfg.has_attention and cfg.has_conv else one
-        rate_conv = w.rate_conv if cfg.has_attention and cfg.has_conv else one
+        both = cfg.has_attention and cfg.has_conv
+        rate_att = required(w.rate_att, "rate_att") if both else one
+        rate_conv = required(w.rate_conv, "rate_conv") if both else one
         return native.stage2(qkv, heads=heads, pe_weight=pe_w, conv_weight=conv_w, conv_bias=w.conv_bias,
                              rate_att=rate_att, rate_conv=rate_conv, has_attention=cfg.has_attention,
                              kernel_att=cfg.kernel_att, kernel_conv=cfg.kernel_conv, stride=s,
@@ -326,7 +332,8 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
 
     conv = None
     if cfg.has_conv:
-        conv = F.conv2d(qkv, conv_w.to(qkv.dtype), w.conv_bias, stride=s, padding=cfg.kernel_conv // 2, groups=hd)
+        conv_w = required(conv_w, "conv_weight").to(qkv.dtype)
+        conv = F.conv2d(qkv, conv_w, w.conv_bias, stride=s, padding=cfg.kernel_conv // 2, groups=hd)
         if not cfg.has_attention:
             return conv
     q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
@@ -337,7 +344,8 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
     if backend is Backend.TRITON:  # the rate combination runs in the kernel's epilogue
         from .triton_attention import window_attention_triton
 
-        mix = {"conv": conv, "rate_att": w.rate_att, "rate_conv": w.rate_conv} if conv is not None else {}
-        return window_attention_triton(q, r, k, v, **args, **mix)
+        if conv is None:
+            return window_attention_triton(q, r, k, v, **args)
+        return window_attention_triton(q, r, k, v, **args, conv=conv, rate_att=w.rate_att, rate_conv=w.rate_conv)
     att = attention_eager(qs.contiguous(), r, k, v, **args)
-    return att if conv is None else w.rate_att * att + w.rate_conv * conv
+    return att if conv is None else blend(w, att, conv)

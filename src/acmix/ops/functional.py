@@ -91,10 +91,12 @@ def _measured(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Backend:
             if not training:
                 acmix_fast(x, w, cfg, backend)
                 return
-            leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, Tensor) else t
-                      for t in (x, *w)]  # fresh leaves: no gradient reaches the caller's tensors
-            out = acmix_fast(leaves[0], ACmixWeights(*leaves[1:]), cfg, backend)
-            grads = [t for t in leaves if isinstance(t, Tensor) and t.requires_grad]
+            # fresh leaves: no gradient reaches the caller's tensors
+            fresh_x = x.detach().requires_grad_(x.requires_grad)
+            fresh_w = ACmixWeights._make(t.detach().requires_grad_(t.requires_grad) if t is not None else None
+                                         for t in w)
+            out = acmix_fast(fresh_x, fresh_w, cfg, backend)
+            grads = [t for t in (fresh_x, *fresh_w) if t is not None and t.requires_grad]
             torch.autograd.grad(out, grads, torch.ones_like(out))
         return run
 

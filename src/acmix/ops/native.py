@@ -53,6 +53,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +143,9 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {(errors or lines or ['(no message)'])[0]}"[:400]
 
 
-@torch.compiler.disable
-def _load(verbose: bool = False):
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch leaves it unannotated
+def _load(verbose: bool = False) -> Any:
+    """The compiled extension module (built or loaded on the first call), or None when it cannot be had."""
     global _module, _config, _failed
     with _lock:
         if _module is not None or _failed is not None:
@@ -185,7 +187,7 @@ def build(*, verbose: bool = False) -> tuple[BuildConfig, Path]:
     """
     if _module is None and _failed is None:
         _load(verbose)
-    if _module is None:
+    if _module is None or _config is None:  # both are set together
         raise RuntimeError(f"the compiled CPU kernel is unavailable: {_failed}")
     return _config, Path(_module.__file__)
 
@@ -203,7 +205,8 @@ def fits(x: Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _geometry(h: int, w: int, pad: int, device: torch.device, dtype: torch.dtype):
+def _geometry(h: int, w: int, pad: int, device: torch.device,
+              dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from .common import reflect_index
 
     rh = reflect_index(h, pad, device=device)
@@ -217,12 +220,14 @@ def _geometry(h: int, w: int, pad: int, device: torch.device, dtype: torch.dtype
 def _stage2(qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor | None, rate1: Tensor, rate2: Tensor,
             heads: int, has_att: bool, kernel_att: int, kernel_conv: int, stride: int, dilation: int) -> Tensor:
     geo = _geometry(qkv.shape[-2], qkv.shape[-1], dilation * (kernel_att - 1) // 2, qkv.device, qkv.dtype)
-    return _load().stage2_forward(qkv, wp, wc, bias, rate1.item(), rate2.item(), *geo, heads, has_att, kernel_att,
-                                  kernel_conv, stride, dilation, _scale(qkv, heads))
+    out: Tensor = _load().stage2_forward(qkv, wp, wc, bias, rate1.item(), rate2.item(), *geo, heads, has_att,
+                                         kernel_att, kernel_conv, stride, dilation, _scale(qkv, heads))
+    return out
 
 
 @_stage2.register_fake
-def _(qkv, wp, wc, bias, rate1, rate2, heads, has_att, kernel_att, kernel_conv, stride, dilation):
+def _(qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor | None, rate1: Tensor, rate2: Tensor,
+      heads: int, has_att: bool, kernel_att: int, kernel_conv: int, stride: int, dilation: int) -> Tensor:
     b, c3, h, w = qkv.shape
     return qkv.new_empty(b, c3 // 3, (h - 1) // stride + 1, (w - 1) // stride + 1)
 
@@ -234,12 +239,15 @@ def _stage2_backward(gout: Tensor, qkv: Tensor, wp: Tensor | None, wc: Tensor | 
     geo = _geometry(qkv.shape[-2], qkv.shape[-1], dilation * (kernel_att - 1) // 2, qkv.device, qkv.dtype)
     grads = _load().stage2_backward(gout, qkv, wp, wc, bias, rate1.item(), rate2.item(), *geo, heads, has_att,
                                     kernel_att, kernel_conv, stride, dilation, _scale(qkv, heads))
-    return tuple(g if g is not None else qkv.new_empty(0) for g in grads)
+    gqkv, gwp, gwc, gbias, g1, g2 = (g if g is not None else qkv.new_empty(0) for g in grads)
+    return gqkv, gwp, gwc, gbias, g1, g2
 
 
 @_stage2_backward.register_fake
-def _(gout, qkv, wp, wc, bias, rate1, rate2, heads, has_att, kernel_att, kernel_conv, stride, dilation):
-    def like(t):
+def _(gout: Tensor, qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor | None, rate1: Tensor,
+      rate2: Tensor, heads: int, has_att: bool, kernel_att: int, kernel_conv: int, stride: int,
+      dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def like(t: Tensor | None) -> Tensor:
         return torch.empty_like(t) if t is not None else qkv.new_empty(0)
 
     return torch.empty_like(qkv), like(wp), like(wc), like(bias), rate1.new_empty(1), rate2.new_empty(1)
@@ -274,16 +282,17 @@ def stage2_eager(qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor
         pieces = qkv.view(b, 3 * heads, hd, h, w).transpose(1, 2).reshape(b, c3, h, w)
         conv = rate2 * F.conv2d(pieces, wc, bias, stride=stride, padding=kernel_conv // 2, groups=hd)
         out = conv if out is None else out + conv
+    assert out is not None  # the op always has a path (has_att, or wc given)
     return out
 
 
-def _setup(ctx, inputs, output):
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     qkv, wp, wc, bias, rate1, rate2, *args = inputs
     ctx.save_for_backward(qkv, wp, wc, bias, rate1, rate2)
     ctx.args = args
 
 
-def _backward(ctx, gout):
+def _backward(ctx: Any, gout: Tensor) -> tuple[Tensor | None, ...]:
     saved = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate again
         wanted = [t for t in saved if t is not None and t.requires_grad]
@@ -312,5 +321,6 @@ def stage2(qkv: Tensor, *, heads: int, pe_weight: Tensor | None, conv_weight: Te
     """
     if not available():
         raise RuntimeError(f"acmix: the compiled CPU kernel is unavailable ({_failed})")
-    return _stage2(qkv.contiguous(), pe_weight, conv_weight, conv_bias, rate_att, rate_conv, heads, has_attention,
-                   kernel_att, kernel_conv, stride, dilation)
+    out: Tensor = _stage2(qkv.contiguous(), pe_weight, conv_weight, conv_bias, rate_att, rate_conv, heads,
+                          has_attention, kernel_att, kernel_conv, stride, dilation)
+    return out

@@ -152,6 +152,7 @@ def patchwise_aggregation(v: Tensor, weight: Tensor, *, kernel_size: int, stride
             view = vp[..., r:r + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
             term = wt[:, :, :, kh * kernel_size + kw] * view
             out = term if out is None else out + term
+    assert out is not None  # kernel_size >= 1
     return out.reshape(b, c, ho, wo)
 
 

@@ -9,11 +9,13 @@ shift-and-sum.  It works in any dtype, float64 included.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import ACmixWeights, check_input, check_weights, position_grid, reflect_pad
+from .common import ACmixWeights, blend, check_input, check_weights, position_grid, reflect_pad, required
 from .config import ACmixConfig, ShiftMode
 
 __all__ = ["acmix_reference", "attention_path_reference", "conv_path_reference", "shift_conv_reference"]
@@ -32,7 +34,7 @@ def attention_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
     vp = reflect_pad(v.reshape(b, heads, hd, h, wd), pad)
     if cfg.position_encoding:
         loc = position_grid(h, wd, device=q.device, dtype=q.dtype)
-        pe = F.conv2d(loc, w.pe_weight, w.pe_bias)  # (1, hd, H, W), shared by heads
+        pe = F.conv2d(loc, required(w.pe_weight, "pe_weight"), w.pe_bias)  # (1, hd, H, W), shared by heads
         pe_q = pe[..., ::s, ::s].unsqueeze(1)
         pe_p = reflect_pad(pe, pad).unsqueeze(1)
 
@@ -47,7 +49,7 @@ def attention_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
             logits.append((q * key).sum(2))
             values.append(vp[..., rows, cols])
     att = torch.softmax(torch.stack(logits, 2), dim=2)  # (B, heads, ka*ka, Ho, Wo)
-    out = sum(att[:, :, j].unsqueeze(2) * values[j] for j in range(ka * ka))
+    out = cast(Tensor, sum(att[:, :, j].unsqueeze(2) * values[j] for j in range(ka * ka)))  # ka >= 1 terms
     return out.reshape(b, heads * hd, ho, wo)
 
 
@@ -70,14 +72,14 @@ def shift_conv_reference(pieces: Tensor, fc_weight: Tensor, conv_weight: Tensor 
     f = f.reshape(b, d * kc * kc, h, wd)  # channel d*k^2 + t
 
     if shift is ShiftMode.GROUPED:
-        out = F.conv2d(f, conv_weight, None, stride=stride, padding=kc // 2, groups=d)
+        out = F.conv2d(f, required(conv_weight, "conv_weight"), None, stride=stride, padding=kc // 2, groups=d)
     else:
         if shift is ShiftMode.TENSOR:
             fp = F.pad(f, [kc // 2] * 4).reshape(b, d, kc * kc, h + kc - 1, wd + kc - 1)
-            out = sum(fp[:, :, t, t // kc:t // kc + h, t % kc:t % kc + wd]
-                      for t in range(kc * kc))[..., ::stride, ::stride]
+            out = cast(Tensor, sum(fp[:, :, t, t // kc:t // kc + h, t % kc:t % kc + wd]
+                                   for t in range(kc * kc)))[..., ::stride, ::stride]
         else:
-            out = F.conv2d(f, conv_weight, None, stride=stride, padding=kc // 2, groups=d)
+            out = F.conv2d(f, required(conv_weight, "conv_weight"), None, stride=stride, padding=kc // 2, groups=d)
         # output channel o belongs to group o // (C_out / D), as in the grouped conv
         out = out.repeat_interleave(out_channels // d, dim=1)
     if conv_bias is not None:
@@ -90,7 +92,7 @@ def conv_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
     """The convolution path: ``fc`` over the 3*heads pieces (q, k, v of every head)."""
     b, _, h, wd = q.shape
     pieces = torch.cat([t.reshape(b, cfg.heads, cfg.head_dim, h, wd) for t in (q, k, v)], 1)
-    return shift_conv_reference(pieces, w.fc_weight, w.conv_weight, w.conv_bias,
+    return shift_conv_reference(pieces, required(w.fc_weight, "fc_weight"), w.conv_weight, w.conv_bias,
                                 kernel_conv=cfg.kernel_conv, out_channels=cfg.out_channels,
                                 stride=cfg.stride, shift=cfg.shift)
 
@@ -106,5 +108,4 @@ def acmix_reference(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Tensor:
         return attention_path_reference(q, k, v, w, cfg)
     if not cfg.has_attention:
         return conv_path_reference(q, k, v, w, cfg)
-    return (w.rate_att * attention_path_reference(q, k, v, w, cfg)
-            + w.rate_conv * conv_path_reference(q, k, v, w, cfg))
+    return blend(w, attention_path_reference(q, k, v, w, cfg), conv_path_reference(q, k, v, w, cfg))

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .common import required
+
 __all__ = ["SRAWeights", "spatial_reduction_attention", "spatial_reduction_attention_reference",
            "sra_attend", "sra_project"]
 
@@ -100,7 +102,7 @@ def sra_project(x: Tensor, size: tuple[int, int], w: SRAWeights, *, heads: int, 
     q = F.linear(x, w.q_weight, w.q_bias)
     if sr_ratio > 1:
         xr = x.transpose(1, 2).reshape(b, c, size[0], size[1])
-        xr = F.conv2d(xr, w.sr_weight, w.sr_bias, stride=sr_ratio).flatten(2).transpose(1, 2)
+        xr = F.conv2d(xr, required(w.sr_weight, "sr_weight"), w.sr_bias, stride=sr_ratio).flatten(2).transpose(1, 2)
         xr = F.layer_norm(xr, (c,), w.norm_weight, w.norm_bias, eps)
     else:
         xr = x
@@ -148,9 +150,10 @@ def spatial_reduction_attention_reference(x: Tensor, size: tuple[int, int], w: S
         grid = x.reshape(b, h, wd, c)[:, :hr * r, :wr * r]
         # each reduced token is sum over its r x r patch offsets (a, e) of W_sr[:, :, a, e] x[patch pixel]
         red = torch.zeros(b, hr, wr, c, dtype=x.dtype, device=x.device)
+        sr = required(w.sr_weight, "sr_weight")
         for a in range(r):
             for e in range(r):
-                red = red + torch.einsum("bijc,oc->bijo", grid[:, a::r, e::r], w.sr_weight[:, :, a, e])
+                red = red + torch.einsum("bijc,oc->bijo", grid[:, a::r, e::r], sr[:, :, a, e])
         if w.sr_bias is not None:
             red = red + w.sr_bias
         red = red.reshape(b, hr * wr, c)
@@ -167,8 +170,8 @@ def spatial_reduction_attention_reference(x: Tensor, size: tuple[int, int], w: S
     k, v = kv[..., :c], kv[..., c:]
     qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
     logits = torch.einsum("bhnd,bhmd->bhnm", qh, kh) * hd**-0.5
-    e = torch.exp(logits - logits.amax(-1, keepdim=True))
-    att = e / e.sum(-1, keepdim=True)
+    ex = torch.exp(logits - logits.amax(-1, keepdim=True))
+    att = ex / ex.sum(-1, keepdim=True)
     out = torch.einsum("bhnm,bhmd->bhnd", att, vh).transpose(1, 2).reshape(b, n, c)
     if w.proj_weight is not None:
         out = _linear(out, w.proj_weight, w.proj_bias)

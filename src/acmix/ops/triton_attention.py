@@ -53,10 +53,15 @@ import importlib.util
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from .common import required
 
 __all__ = ["available", "interpreting", "window_attention_triton"]
 
@@ -84,11 +89,12 @@ def available(x: Tensor) -> bool:
 
 
 @functools.cache
-def _kernels(interpret: bool):
+def _kernels(interpret: bool) -> ModuleType:
     """``triton_kernels.py`` executed with ``TRITON_INTERPRET`` set to ``interpret`` (a module per mode)."""
     with _lock:
         name = f"acmix.ops._triton_kernels_{'interpreted' if interpret else 'compiled'}"
         spec = importlib.util.spec_from_file_location(name, _KERNELS)
+        assert spec is not None and spec.loader is not None  # a .py path always has both
         module = importlib.util.module_from_spec(spec)
         old = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
@@ -108,7 +114,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int, stride: int, dilation: int,
-                 interpret: bool):
+                 interpret: bool) -> tuple[tuple[int, ...], tuple[int, ...], dict[str, Any]]:
     """Pointers' strides, sizes and constexprs shared by the three kernels."""
     import triton.language as tl
 
@@ -125,7 +131,7 @@ def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int,
     return strides, (heads, hd, h, w, ho, wo), meta
 
 
-def _query_grid(n: int, ho: int, wo: int):
+def _query_grid(n: int, ho: int, wo: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
     return lambda m: (-(-ho // m["TH"]) * -(-wo // m["TW"]), n)
 
 
@@ -148,8 +154,9 @@ def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | N
     lse = torch.empty(b * heads, ho, wo, device=q.device, dtype=acc)
     scale_t = torch.full((1,), scale, device=q.device, dtype=acc)
     mix = conv is not None
-    rates = (rate_att.to(acc), rate_conv.to(acc)) if mix else (None, None)
-    cstrides = _split_heads(conv, hd) if mix else (0,) * 5
+    rates = ((required(rate_att, "rate_att").to(acc), required(rate_conv, "rate_conv").to(acc)) if mix
+             else (None, None))
+    cstrides = _split_heads(conv, hd) if conv is not None else (0,) * 5
     mod.attention_fwd[_query_grid(b * heads, ho, wo)](
         q, r, k, v, out, lse, scale_t, conv, *rates, *strides, *_split_heads(out, hd), *cstrides, *sizes,
         MIX=mix, **meta)
@@ -157,7 +164,8 @@ def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | N
 
 
 @_forward.register_fake
-def _(q, r, k, v, conv, rate_att, rate_conv, scale, kernel, stride, dilation):
+def _(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | None, rate_att: Tensor | None,
+      rate_conv: Tensor | None, scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor]:
     b, heads, hd, h, w = k.shape
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, ho, wo, dtype=_acc(q.dtype))
@@ -222,18 +230,19 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
 
 
 @_backward_op.register_fake
-def _(gout, q, r, k, v, lse, rate_att, scale, kernel, stride, dilation):
+def _(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor, rate_att: Tensor | None,
+      scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     dr = torch.empty_like(r, memory_format=torch.contiguous_format) if r is not None else q.new_empty(0)
     return q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
 
 
-def _setup(ctx, inputs, output):
+def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     q, r, k, v, conv, rate_att, rate_conv, scale, kernel, stride, dilation = inputs
     ctx.save_for_backward(q, r, k, v, output[1], conv, rate_att, rate_conv)  # not the output (dO . O comes from P)
     ctx.args = (scale, kernel, stride, dilation)
 
 
-def _backward(ctx, gout, _glse):
+def _backward(ctx: Any, gout: Tensor, _glse: Tensor) -> tuple[Tensor | None, ...]:
     q, r, k, v, lse, conv, rate_att, rate_conv = ctx.saved_tensors
     dq, dr, dk, dv, delta = _backward_op(gout, q, r, k, v, lse, rate_att, *ctx.args)
     grads = [dq, dr if r is not None else None, dk, dv, None, None, None]
@@ -285,7 +294,8 @@ def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *
         raise ValueError("conv, rate_att and rate_conv go together: pass all three or none")
     b, heads, hd, h, w = k.shape
     want = (b, heads * hd, (h - 1) // stride + 1, (w - 1) // stride + 1)
-    if conv is not None and (tuple(conv.shape) != want or rate_att.shape != (1,) or rate_conv.shape != (1,)):
+    if conv is not None and rate_att is not None and rate_conv is not None and (
+            tuple(conv.shape) != want or rate_att.shape != (1,) or rate_conv.shape != (1,)):
         raise ValueError(f"conv must be {want} and the rates (1,), got {tuple(conv.shape)}, "
                          f"{tuple(rate_att.shape)}, {tuple(rate_conv.shape)}")
     if not available(k):
@@ -293,4 +303,5 @@ def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *
                            "(needs Triton and CUDA, or TRITON_INTERPRET=1 for CPU tensors)")
     if r is not None:
         r = r.to(q.dtype)
-    return _forward(q, r, k, v, conv, rate_att, rate_conv, float(scale), kernel, stride, dilation)[0]
+    out: Tensor = _forward(q, r, k, v, conv, rate_att, rate_conv, float(scale), kernel, stride, dilation)[0]
+    return out

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import ACmixWeights, check_input, position_grid
+from .common import ACmixWeights, blend, check_input, position_grid, required
 from .config import ACmixConfig
 from .reference import conv_path_reference
 
@@ -32,7 +32,8 @@ def _attention_unfold(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights, cfg: ACm
     q = (q * hd**-0.5).reshape(b * heads, hd, h, wd)[..., :: cfg.stride, :: cfg.stride]
     key = windows(k.reshape(b * heads, hd, h, wd))
     if cfg.position_encoding:
-        pe = F.conv2d(position_grid(h, wd, device=q.device, dtype=q.dtype), w.pe_weight, w.pe_bias)
+        pe = F.conv2d(position_grid(h, wd, device=q.device, dtype=q.dtype), required(w.pe_weight, "pe_weight"),
+                      w.pe_bias)
         key = key + pe[..., :: cfg.stride, :: cfg.stride].unsqueeze(2) - windows(pe)
     att = torch.softmax((q.unsqueeze(2) * key).sum(1), dim=1)
     out = (att.unsqueeze(1) * windows(v.reshape(b * heads, hd, h, wd))).sum(2)
@@ -51,4 +52,4 @@ def acmix_unfold(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Tensor:
         parts.append(conv_path_reference(q, k, v, w, cfg))
     if len(parts) == 1:
         return parts[0]
-    return w.rate_att * parts[0] + w.rate_conv * parts[1]
+    return blend(w, parts[0], parts[1])

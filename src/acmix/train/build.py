@@ -6,7 +6,7 @@ import contextlib
 import os
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import timm
@@ -68,7 +68,7 @@ def _valid_out_indices(name: str, kwargs: dict[str, Any]) -> str:
     """``; valid out_indices: 0..N-1`` from the model's ``feature_info`` (built without ``features_only``)."""
     plain = {k: v for k, v in kwargs.items() if k not in ("features_only", "out_indices", "feature_cls")}
     try:
-        n = len(timm.create_model(name, **plain).feature_info)
+        n = len(cast("list[Any]", timm.create_model(name, **plain).feature_info))  # timm sets a list
     except Exception:
         return ""
     return f"; valid out_indices: 0..{n - 1} (negative counts from the end)"
@@ -77,6 +77,7 @@ def _valid_out_indices(name: str, kwargs: dict[str, Any]) -> str:
 def resolve_data(cfg: TrainConfig, model: nn.Module, info: DatasetInfo) -> dict[str, Any]:
     """Input size, mean/std, crop_pct, interpolation: the config's, else the dataset's (Fashion-MNIST)
     or the model's ``pretrained_cfg`` (ImageFolder)."""
+    data: dict[str, Any]
     if info.kind == "fmnist":
         data = dict(FMNIST_DATA)
     else:
@@ -94,14 +95,19 @@ def resolve_data(cfg: TrainConfig, model: nn.Module, info: DatasetInfo) -> dict[
     return data
 
 
+def _pair(values: Any) -> tuple[float, float]:
+    """A validated ``(low, high)`` config pair as the tuple timm wants."""
+    return cast("tuple[float, float]", tuple(values))
+
+
 def build_transform(cfg: TrainConfig, data: dict[str, Any], train: bool) -> Callable[..., Any]:
     """timm's ``create_transform``: random-resized crop, flip, jitter, RandAugment, erasing (training)."""
     if not train:
         return create_transform(data["input_size"], is_training=False, interpolation=data["interpolation"],
                                 mean=data["mean"], std=data["std"], crop_pct=data["crop_pct"])
     return create_transform(
-        data["input_size"], is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
-        color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, interpolation=data["interpolation"],
+        data["input_size"], is_training=True, scale=_pair(cfg.scale), ratio=_pair(cfg.ratio),
+        hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,  # type: ignore[arg-type]  # timm takes None: no jitter auto_augment=cfg.auto_augment, interpolation=data["interpolation"],
         mean=data["mean"], std=data["std"], re_prob=cfg.re_prob)
 
 

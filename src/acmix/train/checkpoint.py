@@ -17,7 +17,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP and ``torch.compile`` wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -159,7 +159,7 @@ def capture_rng() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "numpy": _np_state_to_tensor(np.random.get_state()),
+        "numpy": _np_state_to_tensor(cast("tuple[Any, ...]", np.random.get_state())),  # legacy=True: a tuple
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

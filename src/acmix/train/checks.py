@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["check_types", "validate_train"]
 
@@ -70,7 +70,7 @@ def _between(cfg: Any, name: str, lo: float, hi: float, hi_open: bool = False) -
 def _check_opt(name: str) -> None:
     from timm.optim import list_optimizers
 
-    known = set(list_optimizers())
+    known = set(cast("list[str]", list_optimizers()))  # names (no descriptions asked)
     base = name.lower().removeprefix("lookahead_")
     if base not in known:
         close = difflib.get_close_matches(base, sorted(known), n=4)

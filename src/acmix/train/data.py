@@ -275,8 +275,8 @@ def build_loader(dataset: SafeDataset, *, batch_size: int, workers: int, train: 
                  world_size: int = 1, seed: int = 0, pin_memory: bool = False) -> DataLoader:
     """Training: a :class:`ResumableSampler`, full batches.  Evaluation: this rank's strided shard, in order."""
     generator = torch.Generator().manual_seed(seed)  # worker seeds never draw from the global RNG
-    common = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, generator=generator,
-                  persistent_workers=False)
+    common: dict[str, Any] = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                                  generator=generator, persistent_workers=False)
     if train:
         sampler = ResumableSampler(dataset, world_size, rank, seed)
         if sampler.num_samples < batch_size:

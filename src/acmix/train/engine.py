@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.data import Mixup
@@ -201,8 +201,8 @@ def setup(cfg: TrainConfig, dist: D.DistInfo) -> Run:
                            cfg.seed, cfg.train_subset, seed_numpy=cfg.auto_augment is not None)
     val_ds = SafeDataset(make_dataset(info, cfg.val_split, False, build_transform(cfg, data_cfg, False)),
                          cfg.seed, cfg.val_subset, seed_numpy=False)
-    loader_kw = dict(batch_size=cfg.batch_size, workers=cfg.workers, rank=dist.rank, world_size=dist.world_size,
-                     seed=cfg.seed, pin_memory=cfg.pin_memory)
+    loader_kw: dict[str, Any] = dict(batch_size=cfg.batch_size, workers=cfg.workers, rank=dist.rank,
+                                     world_size=dist.world_size, seed=cfg.seed, pin_memory=cfg.pin_memory)
     train_loader = build_loader(train_ds, train=True, **loader_kw)
     val_loader = build_loader(val_ds, train=False, **loader_kw)
     steps_per_epoch = len(train_loader) // cfg.grad_accum
@@ -239,7 +239,8 @@ def setup(cfg: TrainConfig, dist: D.DistInfo) -> Run:
                                               "dataset": info.kind, "num_classes": info.num_classes,
                                               "in_chans": info.in_chans, "steps_per_epoch": steps_per_epoch,
                                               "device": str(device)}}
-    return Run(cfg, dist, Path(cfg.output), model, ddp_model, torch.compile(ddp_model) if cfg.compile else ddp_model,
+    compiled = cast(nn.Module, torch.compile(ddp_model)) if cfg.compile else ddp_model  # an OptimizedModule
+    return Run(cfg, dist, Path(cfg.output), model, ddp_model, compiled,
                optimizer, scheduler, scaler, autocast, ema, mixup, build_loss(cfg, mixup is not None), train_ds,
                val_ds, train_loader, val_loader, steps_per_epoch, resolved)
 

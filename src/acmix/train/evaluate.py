@@ -39,8 +39,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *,
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
             logits = model(images)
         logits = logits.float()
-        top1, top5 = topk_correct(logits, target, (1, 5))
-        sums += torch.tensor([float(loss_fn(logits, target)), top1, top5, len(target)],
+        hit1, hit5 = topk_correct(logits, target, (1, 5))
+        sums += torch.tensor([float(loss_fn(logits, target)), hit1, hit5, len(target)],
                              dtype=torch.float64, device=device)
         if bar is not None:
             bar.update()

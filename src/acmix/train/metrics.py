@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ class MetricsLogger:
             self.tb.close()
 
 
-def plot_metrics(rows: list[Mapping[str, Any]], path: str | Path) -> Path | None:
+def plot_metrics(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
     """Loss and accuracy curves per epoch as a PNG (matplotlib, Agg backend); None without matplotlib."""
     try:
         import matplotlib

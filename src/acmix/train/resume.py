@@ -88,7 +88,8 @@ def resume(run: Run) -> None:
     if Path(path).suffix == ".safetensors" or not all(k in ckpt for k in POSITION):
         raise CheckpointError(f"{path} holds model weights only (no optimizer state or position), so there is "
                               f"nothing to resume; start a new run from these weights with --init-from {path}")
-    saved_cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    saved = ckpt.get("config")
+    saved_cfg = saved if isinstance(saved, dict) else {}
     load_weights(run.model, ckpt["model"],
                  f"{path} does not match this model ({cfg.model} {cfg.model_kwargs or ''}; the checkpoint was "
                  f"written for {saved_cfg.get('model', '?')} {saved_cfg.get('model_kwargs') or ''})")
