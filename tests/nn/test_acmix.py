@@ -247,8 +247,10 @@ def test_bad_inputs():
         layer(torch.randn(4, 9, 9))
     with pytest.raises(ValueError, match="x has 5 channels, the layer expects in_channels=4"):
         layer(torch.randn(1, 5, 9, 9))
-    with pytest.raises(ValueError, match="must not be empty"):
+    with pytest.raises(ValueError, match="must have a non-empty height and width"):
         layer(torch.randn(1, 4, 0, 9))
+    with pytest.raises(ValueError, match="device='nonsense' is not a torch device"):
+        ACmix(4, 8, device="nonsense")
     with pytest.raises(ValueError, match="backend='fastest' is not one of"):
         ACmix(4, 8, backend="fastest")(torch.randn(1, 4, 5, 5))
 

@@ -224,3 +224,15 @@ def test_auto_picks_triton_on_cuda_and_matches_reference():
     ref_layer = make_layer((8, 16, 4, 7, 3, 1, 1, {}), dtype=torch.float64, seed=2)
     ref = acmix_reference(x.double().cpu(), ref_layer.weights(), ref_layer.config)
     torch.testing.assert_close(layer(x).double().cpu(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "auto", "cpu_kernel"])
+def test_empty_batch_like_conv2d(backend):
+    if backend == "cpu_kernel" and not native.available():
+        pytest.skip("no C++ compiler")
+    layer = make_layer((4, 8, 4, 7, 3, 2, 1, {}), dtype=torch.float64)
+    x = torch.randn(0, 4, 9, 7, dtype=torch.float64, requires_grad=True)
+    out = acmix(x, layer.weights(), layer.config, backend=backend)
+    assert out.shape == (0, 8, 5, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape

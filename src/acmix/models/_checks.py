@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import numbers
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
+
+M = TypeVar("M", bound=nn.Module)
 
 __all__ = ["check_model_kwargs", "with_input_check"]
 
@@ -28,13 +30,13 @@ def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int) 
     for name in RATES:
         value = kwargs.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                  or not 0 <= value < 1):
+                                  or not 0 <= float(value) < 1):
             raise ValueError(f"{variant}: {name} must be a number in [0, 1), got {value!r}")
     indices = kwargs.get("out_indices")
     if kwargs.get("features_only") and indices is not None:
         items = [indices] if isinstance(indices, (int, str)) else list(indices)
         bad = [i for i in items if isinstance(i, bool) or not isinstance(i, numbers.Integral)
-               or not -num_features <= i < num_features]
+               or not -num_features <= int(i) < num_features]
         if bad or not items:
             raise ValueError(f"{variant}: out_indices={indices!r} is out of range; valid feature levels are "
                              f"0-{num_features - 1} (or -{num_features} to -1)")
@@ -47,7 +49,7 @@ def _refuse_wrong_channels(variant: str, conv: nn.Conv2d, args: tuple[Any, ...])
                          f"got an input of shape {tuple(x.shape)}")
 
 
-def with_input_check(model: nn.Module, variant: str) -> nn.Module:
+def with_input_check(model: M, variant: str) -> M:
     """``model`` with a check on its first convolution: an image with another channel count gets one line.
 
     The check is a forward pre-hook on the first ``Conv2d``, so it stays with that

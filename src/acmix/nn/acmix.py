@@ -46,6 +46,11 @@ class ACmix(ConvPathMixer):
         super().__init__()
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device={device!r} is not a torch device") from None
         cfg = ACmixConfig(in_channels, out_channels, heads=heads, kernel_att=kernel_att,
                           kernel_conv=kernel_conv, stride=stride, dilation=dilation,
                           position_encoding=position_encoding,

@@ -133,8 +133,8 @@ def check_input(x: Tensor, cfg: ACmixConfig, w: ACmixWeights | None = None) -> N
         raise ValueError(
             f"x has {x.shape[1]} channels, the layer expects in_channels={cfg.in_channels}"
         )
-    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    if x.shape[2] == 0 or x.shape[3] == 0:  # an empty batch is fine, as for nn.Conv2d
+        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
     if w is None:
         return
     if x.device != w.q_weight.device:

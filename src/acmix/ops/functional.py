@@ -58,7 +58,7 @@ def _kernel_fits(x: Tensor) -> bool:
 
 
 def _triton_fits(x: Tensor) -> bool:
-    if not data_dependent_ok():
+    if not data_dependent_ok() or x.shape[0] == 0:  # an empty batch: no kernel launch, the eager path
         return False
     if x.device.type != "cuda" and not _triton_interpreting():
         return False
