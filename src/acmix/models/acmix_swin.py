@@ -41,11 +41,13 @@ the shifted-window mask, built for the padded map, expects them at its end, so
 a few pairs of rows from opposite borders attend to each other unmasked.
 Pad-then-roll keeps the mask exact (``tests/models/test_swin.py``).
 
-Export (``torch.export``, the dynamo ONNX exporter, ``torch.compile(dynamic=True)``):
-the window, shift, padding and mask are computed from the sizes without a Python
-branch on them (``torch.sym_min``; padding and roll as gathers; the mask from
-``arange`` comparisons), windows are partitioned with explicit counts, and SDPA
-gets 4-D inputs, so that H and W stay symbolic (``tests/models/test_swin_export.py``).
+Export: the window, shift, padding and mask are computed from the sizes without
+a Python branch on them (``torch.sym_min``; padding and roll as gathers; the mask
+from ``arange`` comparisons), windows are partitioned with explicit counts, and
+SDPA gets 4-D inputs, which the dynamo ONNX exporter converts
+(``tests/models/test_swin_export.py``).  ``torch.export`` with dynamic H and W
+still specialises: each stage's size is a nested ceil-division of H and W, and the
+symbolic solver cannot prove the windowing's size-1 and bound checks on it.
 
 Loading (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``)
 reads the file in the builder with :func:`acmix.models._builder.load_checkpoint_file` (weights
