@@ -261,6 +261,8 @@ class SwinACmixBlock(SwinTransformerBlock):
 
 def _pad_roll(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor:
     """``x`` zero-padded from ``size`` to ``padded`` along ``dim``, then rolled by ``-shift`` (``torch.roll``)."""
+    if _static_identity(size, padded, shift):
+        return x
     src = (torch.arange(padded, device=x.device) + shift) % padded
     shape = [1] * x.dim()
     shape[dim] = padded
@@ -269,7 +271,14 @@ def _pad_roll(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor
 
 def _unroll_crop(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor:
     """The inverse of :func:`_pad_roll`: roll back by ``shift``, keep the first ``size`` entries along ``dim``."""
+    if _static_identity(size, padded, shift):
+        return x
     return x.index_select(dim, (torch.arange(size, device=x.device) - shift) % padded)
+
+
+def _static_identity(size: int, padded: int, shift: int) -> bool:
+    """True for plain ints (eager) that need no padding and no shift: the gathers would copy ``x`` unchanged."""
+    return all(type(v) is int for v in (size, padded, shift)) and size == padded and shift == 0
 
 
 class SwinACmixStage(nn.Module):
