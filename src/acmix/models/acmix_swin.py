@@ -17,7 +17,7 @@ convolution path (the paper's Conv-Swin-T, Tab. 6: no ``proj``, no relative
 position bias); ``combination`` and ``shift`` switch every block (Tab. 6 / 7).
 
 Built on timm's Swin: :class:`timm.layers.PatchEmbed` (NHWC, dynamic padding),
-timm's ``PatchMerging``, ``window_partition`` / ``window_reverse``, and
+timm's ``PatchMerging``, and
 :class:`SwinACmixBlock`, a ``SwinTransformerBlock`` whose attention step is
 overridden (timm partitions windows before ``attn``; the convolution path needs
 the whole shifted map).  Two pieces stay ours, because the parameter layout is
@@ -40,6 +40,14 @@ otherwise: after roll-then-pad the wrapped rows sit *before* the padding while
 the shifted-window mask, built for the padded map, expects them at its end, so
 a few pairs of rows from opposite borders attend to each other unmasked.
 Pad-then-roll keeps the mask exact (``tests/models/test_swin.py``).
+
+Export: the window, shift, padding and mask are computed from the sizes without
+a Python branch on them (``torch.sym_min``; padding and roll as gathers; the mask
+from ``arange`` comparisons), windows are partitioned with explicit counts, and
+SDPA gets 4-D inputs, which the dynamo ONNX exporter converts
+(``tests/models/test_swin_export.py``).  ``torch.export`` with dynamic H and W
+still specialises: each stage's size is a nested ceil-division of H and W, and the
+symbolic solver cannot prove the windowing's size-1 and bound checks on it.
 
 Loading (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))``)
 reads the file in the builder with :func:`acmix.checkpoint_io.load_checkpoint_file` (weights
@@ -64,7 +72,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
-from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from torch import Tensor, nn
 
 from ..checkpoint_io import load_checkpoint_file, save_weights, unwrap_state_dict
@@ -100,18 +108,32 @@ def relative_position_index(wh: int, ww: int, window: int, device: torch.device 
     return (ys[:, None] - ys[None, :] + window - 1) * (2 * window - 1) + xs[:, None] - xs[None, :] + window - 1
 
 
+def axis_window(size: int, window: int, shift: int) -> tuple[int, int]:
+    """``(window, shift)`` along an axis of ``size``: ``(size, 0)`` if ``size <= window``, else ``(window, shift)``.
+
+    Written with ``torch.sym_min`` rather than a comparison, so that a symbolic ``size``
+    (``torch.export``, ``torch.compile(dynamic=True)``) is not guarded on either regime.
+    """
+    win = torch.sym_min(size, window)
+    big = torch.sym_min(size, window + 1) - win  # 1 iff size > window
+    return win, shift * big  # type: ignore[return-value]  # SymInts where size is symbolic, ints otherwise
+
+
 def shifted_window_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, *,
                         device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
-    """Swin's ``(nW, N, N)`` mask for a cyclically shifted ``h x w`` map: 0 within a region, -100 across."""
+    """Swin's ``(nW, N, N)`` mask for a cyclically shifted ``h x w`` map: 0 within a region, -100 across.
+
+    ``h, w`` are multiples of ``wh, ww``.  Built with tensor ops from the (possibly symbolic) sizes:
+    the regions are the rows before the last window, the last window's first ``wh - sh`` rows and
+    the last ``sh`` rows (one region when ``sh == 0``), and likewise along ``w``.
+    """
     def regions(size: int, win: int, shift: int) -> Tensor:
-        ids = torch.zeros(size, dtype=torch.long, device=device)
-        if shift:
-            ids[size - win:size - shift] = 1
-            ids[size - shift:] = 2
-        return ids
+        ids = torch.arange(size, device=device)
+        return (ids >= size - win).long() + (ids >= size - shift).long()
 
     img = regions(h, wh, sh)[:, None] * 3 + regions(w, ww, sw)[None, :]
-    win = window_partition(img.view(1, h, w, 1), (wh, ww)).flatten(1)  # (nW, N)
+    nh, nw = h // wh, w // ww
+    win = img.view(nh, wh, nw, ww).transpose(1, 2).contiguous().view(nh * nw, wh * ww)  # (nW, N), windows row-major
     diff = win[:, None, :] - win[:, :, None]
     return torch.zeros(diff.shape, device=device, dtype=dtype).masked_fill(diff != 0, -100.0)
 
@@ -159,18 +181,24 @@ class WindowAttentionACmix(ConvPathMixer):
 
     def _attention(self, qkv: Tensor, wh: int, ww: int, mask: Tensor | None) -> Tensor:
         b, h, w, _ = qkv.shape
-        n, nw = wh * ww, (h // wh) * (w // ww)
-        win = window_partition(qkv, (wh, ww))  # (B*nW, wh, ww, 3C)
-        q, k, v = win.reshape(b, nw, n, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        nh, nw, n, heads, hd = h // wh, w // ww, wh * ww, self.num_heads, self.head_dim
+        # (3, B, nh, nw, heads, wh, ww, D)
+        win = qkv.view(b, nh, wh, nw, ww, 3, heads, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
         index = relative_position_index(wh, ww, self.window_size, device=qkv.device)
-        bias = self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
-        bias = bias.to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
-        if mask is not None:
-            bias = bias + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, N, N)
+        bias = self.relative_position_bias_table[index.view(n * n)].view(n, n, heads).permute(2, 0, 1).to(qkv.dtype)
+        # 4-D SDPA inputs (ONNX takes no 5-D): windows in the batch when every window shares the bias;
+        # with a per-window mask, windows x heads as the "heads" axis, broadcast over the batch
+        if mask is None:
+            q, k, v = win.contiguous().view(3, b * nh * nw, heads, n, hd).unbind(0)
+            bias = bias.unsqueeze(0)  # (1, heads, N, N)
+        else:
+            q, k, v = win.contiguous().view(3, b, nh * nw * heads, n, hd).unbind(0)
+            bias = (bias.unsqueeze(0) + mask.to(qkv.dtype).unsqueeze(1)).contiguous().view(1, nh * nw * heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.transpose(-3, -2).reshape(b * nw, wh, ww, self.dim)  # heads concatenated
-        return window_reverse(self.proj(out), (wh, ww), h, w)
+        out = out.view(b * nh * nw, heads, n, hd).transpose(1, 2).contiguous().view(b * nh * nw, n, self.dim)
+        out = self.proj(out).view(b, nh, nw, wh, ww, self.dim)  # heads concatenated, projected per window
+        return out.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, self.dim)
 
     def forward(self, x: Tensor, window: tuple[int, int] | None = None, mask: Tensor | None = None) -> Tensor:
         wh, ww = window if window is not None else (self.window_size, self.window_size)
@@ -223,20 +251,40 @@ class SwinACmixBlock(SwinTransformerBlock):
                                                      shift=shift, device=device, dtype=dtype))
 
     def _attn(self, x: Tensor) -> Tensor:
+        # every size below may be symbolic (export, dynamic compile): no branch on it, no int taken from it
         _, h, w, _ = x.shape
-        wh, sh = (h, 0) if h <= self.window_size[0] else (self.window_size[0], self.shift_size[0])
-        ww, sw = (w, 0) if w <= self.window_size[1] else (self.window_size[1], self.shift_size[1])
-        ph, pw = (-h) % wh, (-w) % ww
-        if ph or pw:  # pad, then roll: the mask below is exact for the padded map
-            x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        wh, sh = axis_window(h, self.window_size[0], self.shift_size[0])
+        ww, sw = axis_window(w, self.window_size[1], self.shift_size[1])
+        hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww
+        # pad, then roll (the mask is exact for the padded map), as gathers: no slice bound to guard on
+        x = _pad_roll(_pad_roll(x, 1, h, hp, sh), 2, w, wp, sw)
         mask = None
-        if sh or sw:
-            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-            mask = shifted_window_mask(h + ph, w + pw, wh, ww, sh, sw, device=x.device, dtype=x.dtype)
+        if self.shift_size[0] or self.shift_size[1]:  # the block's configuration; sh, sw may still be 0
+            mask = shifted_window_mask(hp, wp, wh, ww, sh, sw, device=x.device, dtype=x.dtype)
         x = self.attn(x, (wh, ww), mask)
-        if sh or sw:
-            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
-        return x[:, :h, :w] if ph or pw else x
+        return _unroll_crop(_unroll_crop(x, 1, h, hp, sh), 2, w, wp, sw)
+
+
+def _pad_roll(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor:
+    """``x`` zero-padded from ``size`` to ``padded`` along ``dim``, then rolled by ``-shift`` (``torch.roll``)."""
+    if _static_identity(size, padded, shift):
+        return x
+    src = (torch.arange(padded, device=x.device) + shift) % padded
+    shape = [1] * x.dim()
+    shape[dim] = padded
+    return torch.where((src < size).view(shape), x.index_select(dim, src.clamp(max=size - 1)), 0)
+
+
+def _unroll_crop(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor:
+    """The inverse of :func:`_pad_roll`: roll back by ``shift``, keep the first ``size`` entries along ``dim``."""
+    if _static_identity(size, padded, shift):
+        return x
+    return x.index_select(dim, (torch.arange(size, device=x.device) - shift) % padded)
+
+
+def _static_identity(size: int, padded: int, shift: int) -> bool:
+    """True for plain ints (eager) that need no padding and no shift: the gathers would copy ``x`` unchanged."""
+    return all(type(v) is int for v in (size, padded, shift)) and size == padded and shift == 0
 
 
 class SwinACmixStage(nn.Module):
