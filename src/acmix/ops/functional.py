@@ -20,6 +20,7 @@ default for a block of code (this thread).  See ``docs/fast-paths.md``.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -68,8 +69,6 @@ def _triton_fits(x: Tensor) -> bool:
 
 
 def _triton_interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
