@@ -315,3 +315,27 @@ def test_cuda_gradcheck_and_deterministic():
     first = _grads(_triton(args), q, r, k, v, go)[1]
     again = _grads(_triton(args), q, r, k, v, go)[1]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_autotune_prunes_tiles_over_shared_memory_or_the_map():
+    """The GPU configs kept on a first call: no tile whose k/v operand overflows shared memory (kernel 7,
+    stride 2, head dim 128 in bf16 needs 272 KiB at 8x8), none larger than a small map needs."""
+    mod = ta._kernels(False)
+    configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in mod.QUERY_TILES]
+    prune = mod._prune(mod._query_heuristics, mod._query_extent)
+
+    def kept(hd, dtype, ho, wo, ka=7, s=2, dil=1):
+        q = torch.empty(0, dtype=dtype)
+        cfgs = prune(configs, {"q_ptr": q, "H": ho * s, "W": wo * s, "HO": ho, "WO": wo},
+                     KA=ka, S=s, DIL=dil, BLOCK_D=max(16, hd))
+        return [(c.kwargs["TH"], c.kwargs["TW"], c.num_warps) for c in cfgs]
+
+    assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
+    assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
+    assert kept(64, torch.float32, 28, 28) == [(4, 4, 4)]
+    assert kept(32, torch.bfloat16, 56, 56, ka=3, s=1) == mod.QUERY_TILES
+    assert kept(32, torch.bfloat16, 7, 7, ka=3, s=1) == [(8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
+    assert kept(32, torch.bfloat16, 3, 3, ka=3, s=1) == [(4, 4, 4)]
+    key = mod._prune(mod._key_heuristics, mod._key_extent)
+    assert len(key(configs, {"q_ptr": torch.empty(0), "H": 56, "W": 56, "HO": 56, "WO": 56},
+                   KA=3, S=1, DIL=1, BLOCK_D=32)) == len(configs)
