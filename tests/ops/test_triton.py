@@ -317,9 +317,11 @@ def test_cuda_gradcheck_and_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-def test_autotune_prunes_tiles_over_shared_memory_or_the_map():
+def test_autotune_prunes_tiles_over_shared_memory_or_the_map(monkeypatch):
     """The GPU configs kept on a first call: no tile whose k/v operand overflows shared memory (kernel 7,
-    stride 2, head dim 128 in bf16 needs 272 KiB at 8x8), none larger than a small map needs."""
+    stride 2, head dim 128 in bf16 needs 272 KiB at 8x8), none larger than a small map needs; one config
+    (nothing benchmarked) with ``ACMIX_AUTOTUNE=0``."""
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
     mod = ta._kernels(False)
     configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in mod.QUERY_TILES]
     prune = mod._prune(mod._query_heuristics, mod._query_extent)
@@ -339,3 +341,6 @@ def test_autotune_prunes_tiles_over_shared_memory_or_the_map():
     key = mod._prune(mod._key_heuristics, mod._key_extent)
     assert len(key(configs, {"q_ptr": torch.empty(0), "H": 56, "W": 56, "HO": 56, "WO": 56},
                    KA=3, S=1, DIL=1, BLOCK_D=32)) == len(configs)
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "0")
+    assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4)]
+    assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
