@@ -12,9 +12,10 @@ import itertools
 import pytest
 import torch
 
-from acmix.ops import position_grid, reflect_index
+from acmix.ops import Backend, acmix, acmix_reference, position_grid, reflect_index
 from acmix.ops import triton_attention as ta
 from acmix.ops.fast import attention_eager
+from helpers import make_layer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 CUDA = torch.device("cuda")
@@ -344,3 +345,24 @@ def test_autotune_prunes_tiles_over_shared_memory_or_the_map(monkeypatch):
     monkeypatch.setenv("ACMIX_AUTOTUNE", "0")
     assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4)]
     assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
+
+
+def test_layer_under_autocast_mixes_dtypes(interp):
+    """The layer's Triton path under fp16 autocast (fp16 q/k/v/conv, float32 rates): the epilogue's output is
+    fp16 (the eager path's promotes to float32), values and the rates' float32 gradients as eager's.
+    (bf16 cannot be checked here: the interpreter's bf16 ``tl.dot`` is wrong; the CUDA tests cover it.)"""
+    entry = (8, 16, 4, 7, 3, 2, 1, {})
+    layer = make_layer(entry, seed=3, dtype=torch.float32)
+    x = torch.randn(2, 8, 15, 13, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    ref = acmix_reference(x.double(), make_layer(entry, seed=3).weights(), layer.config)
+    results = {}
+    for backend in (Backend.EAGER, Backend.TRITON):
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = acmix(x, layer.weights(), layer.config, backend=backend)
+        rates = [p for n, p in layer.named_parameters() if "rate" in n]
+        results[backend] = out, torch.autograd.grad(out.float().sum(), [x, *rates])
+    out, grads = results[Backend.TRITON]
+    assert out.dtype == torch.float16 and all(g.dtype == torch.float32 for g in grads)
+    assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 3e-3
+    for g, e in zip(grads, results[Backend.EAGER][1]):
+        assert ((g - e).abs().max() / e.abs().max()).item() < 1e-2

@@ -78,7 +78,8 @@ def _prune(heuristics, extent):
         args = {**named_args, **kwargs}
         size = args["q_ptr"].element_size() if hasattr(args.get("q_ptr"), "element_size") else 4
         rows, cols = extent(args)
-        fits, best = [], {}
+        fits = []
+        best: dict[int, int] = {}
         for cfg in configs:
             blocks = heuristics({**args, **cfg.kwargs})
             if (blocks["BLOCK_K"] * blocks["BLOCK_Q"] <= MAX_LOGITS
