@@ -19,8 +19,8 @@ import triton.language as tl
 from acmix.ops.autotune import enabled as _measuring
 
 # ``triton.knobs`` (Triton >= 3.4) reads the variable; older releases read it themselves when decorating
-INTERPRET = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
-             else os.environ.get("TRITON_INTERPRET", "0") == "1")
+_KNOB = getattr(getattr(getattr(triton, "knobs", None), "runtime", None), "interpret", None)
+INTERPRET = bool(_KNOB) if _KNOB is not None else os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_LOGITS = 32768  # most (query, key) logits one program holds; larger tiles are pruned (registers)
 # largest (rows x head dim) operand tile in bytes: shared memory is about twice that (sm_90 compiles, k = 7,
 # stride 2: 128 KiB tiles needed 272 KiB, over the H100/H200 limit of 227 KiB; 64 KiB ones 136 KiB)
