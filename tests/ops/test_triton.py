@@ -12,9 +12,10 @@ import itertools
 import pytest
 import torch
 
-from acmix.ops import position_grid, reflect_index
+from acmix.ops import Backend, acmix, acmix_reference, position_grid, reflect_index
 from acmix.ops import triton_attention as ta
 from acmix.ops.fast import attention_eager
+from helpers import make_layer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 CUDA = torch.device("cuda")
@@ -315,3 +316,53 @@ def test_cuda_gradcheck_and_deterministic():
     first = _grads(_triton(args), q, r, k, v, go)[1]
     again = _grads(_triton(args), q, r, k, v, go)[1]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_autotune_prunes_tiles_over_shared_memory_or_the_map(monkeypatch):
+    """The GPU configs kept on a first call: no tile whose k/v operand overflows shared memory (kernel 7,
+    stride 2, head dim 128 in bf16 needs 272 KiB at 8x8), none larger than a small map needs; one config
+    (nothing benchmarked) with ``ACMIX_AUTOTUNE=0``."""
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
+    mod = ta._kernels(False)
+    configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in mod.QUERY_TILES]
+    prune = mod._prune(mod._query_heuristics, mod._query_extent)
+
+    def kept(hd, dtype, ho, wo, ka=7, s=2, dil=1):
+        q = torch.empty(0, dtype=dtype)
+        cfgs = prune(configs, {"q_ptr": q, "H": ho * s, "W": wo * s, "HO": ho, "WO": wo},
+                     KA=ka, S=s, DIL=dil, BLOCK_D=max(16, hd))
+        return [(c.kwargs["TH"], c.kwargs["TW"], c.num_warps) for c in cfgs]
+
+    assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
+    assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
+    assert kept(64, torch.float32, 28, 28) == [(4, 4, 4)]
+    assert kept(32, torch.bfloat16, 56, 56, ka=3, s=1) == mod.QUERY_TILES
+    assert kept(32, torch.bfloat16, 7, 7, ka=3, s=1) == [(8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
+    assert kept(32, torch.bfloat16, 3, 3, ka=3, s=1) == [(4, 4, 4)]
+    key = mod._prune(mod._key_heuristics, mod._key_extent)
+    assert len(key(configs, {"q_ptr": torch.empty(0), "H": 56, "W": 56, "HO": 56, "WO": 56},
+                   KA=3, S=1, DIL=1, BLOCK_D=32)) == len(configs)
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "0")
+    assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4)]
+    assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
+
+
+def test_layer_under_autocast_mixes_dtypes(interp):
+    """The layer's Triton path under fp16 autocast (fp16 q/k/v/conv, float32 rates): the epilogue's output is
+    fp16 (the eager path's promotes to float32), values and the rates' float32 gradients as eager's.
+    (bf16 cannot be checked here: the interpreter's bf16 ``tl.dot`` is wrong; the CUDA tests cover it.)"""
+    entry = (8, 16, 4, 7, 3, 2, 1, {})
+    layer = make_layer(entry, seed=3, dtype=torch.float32)
+    x = torch.randn(2, 8, 15, 13, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    ref = acmix_reference(x.double(), make_layer(entry, seed=3).weights(), layer.config)
+    results = {}
+    for backend in (Backend.EAGER, Backend.TRITON):
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = acmix(x, layer.weights(), layer.config, backend=backend)
+        rates = [p for n, p in layer.named_parameters() if "rate" in n]
+        results[backend] = out, torch.autograd.grad(out.float().sum(), [x, *rates])
+    out, grads = results[Backend.TRITON]
+    assert out.dtype == torch.float16 and all(g.dtype == torch.float32 for g in grads)
+    assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 3e-3
+    for g, e in zip(grads, results[Backend.EAGER][1]):
+        assert ((g - e).abs().max() / e.abs().max()).item() < 1e-2

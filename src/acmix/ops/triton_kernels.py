@@ -11,11 +11,20 @@ each, so q, k, v, r and the gradients are read and written in place.
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-INTERPRET = bool(triton.knobs.runtime.interpret)
+from acmix.ops.autotune import enabled as _measuring
+
+# ``triton.knobs`` (Triton >= 3.4) reads the variable; older releases read it themselves when decorating
+_KNOB = getattr(getattr(getattr(triton, "knobs", None), "runtime", None), "interpret", None)
+INTERPRET = bool(_KNOB) if _KNOB is not None else os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_LOGITS = 32768  # most (query, key) logits one program holds; larger tiles are pruned (registers)
+# largest (rows x head dim) operand tile in bytes: shared memory is about twice that (sm_90 compiles, k = 7,
+# stride 2: 128 KiB tiles needed 272 KiB, over the H100/H200 limit of 227 KiB; 64 KiB ones 136 KiB)
+MAX_TILE_BYTES = 65536
 
 
 def _pow2(n: int) -> int:
@@ -49,14 +58,39 @@ def _each(heuristics, *names):
     return {name: (lambda args, name=name: heuristics(args)[name]) for name in names}
 
 
-def _prune(heuristics):
+def _query_extent(args):
+    return args["HO"], args["WO"]
+
+
+def _key_extent(args):
+    pad = args["DIL"] * (args["KA"] - 1) // 2
+    return args["H"] + 2 * pad, args["W"] + 2 * pad
+
+
+def _prune(heuristics, extent):
+    """Drop the tiles whose logits overflow the registers or whose operands overflow shared memory (a config
+    that fails to launch is skipped by the autotuner, but only after a compile of tens of seconds), and a
+    tile that covers the ``extent`` (the grid's map) in as many programs as a smaller one
+    (small maps: the larger tile only computes padding), so fewer configs are compiled on a first call.
+    With ``ACMIX_AUTOTUNE=0`` (the test suite's default) only the first tile kept is compiled: no benchmarking."""
+
     def prune(configs, named_args, **kwargs):
-        kept = []
+        args = {**named_args, **kwargs}
+        size = args["q_ptr"].element_size() if hasattr(args.get("q_ptr"), "element_size") else 4
+        rows, cols = extent(args)
+        fits = []
+        best: dict[int, int] = {}
         for cfg in configs:
-            blocks = heuristics({**named_args, **kwargs, **cfg.kwargs})
-            if blocks["BLOCK_K"] * blocks["BLOCK_Q"] <= MAX_LOGITS:
-                kept.append(cfg)
-        return kept or configs[-1:]  # the last config is the smallest tile
+            blocks = heuristics({**args, **cfg.kwargs})
+            if (blocks["BLOCK_K"] * blocks["BLOCK_Q"] <= MAX_LOGITS
+                    and max(blocks["BLOCK_K"], blocks["BLOCK_Q"]) * args["BLOCK_D"] * size <= MAX_TILE_BYTES):
+                th, tw = cfg.kwargs["TH"], cfg.kwargs["TW"]
+                programs = -(-rows // th) * -(-cols // tw)
+                if programs not in best or th * tw < best[programs]:
+                    best[programs] = th * tw
+                fits.append((cfg, programs, th * tw))
+        kept = [cfg for cfg, programs, area in fits if best[programs] == area] or configs[-1:]  # the smallest
+        return kept if _measuring() else kept[:1]
 
     return prune
 
@@ -188,7 +222,7 @@ def _query_tile(q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr,
 
 
 @triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
+                 prune_configs_by={"early_config_prune": _prune(_query_heuristics, _query_extent)})
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
 def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, ra_ptr, rc_ptr,
@@ -227,7 +261,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, 
 
 
 @triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(_query_heuristics)})
+                 prune_configs_by={"early_config_prune": _prune(_query_heuristics, _query_extent)})
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
 def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dq_ptr, dr_ptr,
@@ -266,7 +300,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
 
 
 @triton.autotune(configs=_configs(KEY_TILES, (16, 16)), key=AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune(_key_heuristics)})
+                 prune_configs_by={"early_config_prune": _prune(_key_heuristics, _key_extent)})
 @triton.heuristics(_each(_key_heuristics, "SPAN_W", "BLOCK_Q", "BLOCK_K"))
 @triton.jit
 def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dk_ptr, dv_ptr,

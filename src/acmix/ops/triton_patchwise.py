@@ -55,9 +55,8 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
 except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = tl = InterpretedFunction = None
+    triton = tl = None
 
 from .common import reflect_index
 
@@ -156,7 +155,12 @@ def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, n_h_ptr, tab_w_ptr, n_w
 @functools.cache
 def _kernels(interpret: bool) -> tuple:
     """The two kernels, compiled (CUDA) or under Triton's interpreter (CPU tensors)."""
-    wrap = InterpretedFunction if interpret else triton.jit
+    if interpret:  # imported here: the interpreter needs numpy, which compiled kernels do not
+        from triton.runtime.interpreter import InterpretedFunction
+
+        wrap = InterpretedFunction
+    else:
+        wrap = triton.jit
     return wrap(_window_kernel), wrap(_value_grad_kernel)
 
 
