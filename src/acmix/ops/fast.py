@@ -186,9 +186,8 @@ def _halo_index(size: int, pad: int, tiles: int, step: int, halo: int, device: t
     return reflect_positions(pos.reshape(-1), size)
 
 
-def _nonfinite_windows(k: Tensor, v: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
-    """``(B, heads, Ho, Wo)``: outputs whose window holds a non-finite key or value; None if there are none."""
-    bad = ~(torch.isfinite(k).all(2) & torch.isfinite(v).all(2))  # (B, heads, H, W)
+def _nonfinite_windows(bad: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
+    """``(B, heads, Ho, Wo)``: outputs whose window holds a ``bad`` ``(B, heads, H, W)`` pixel; None if none."""
     if data_dependent_ok() and not bool(bad.any()):
         return None
     b, heads, h, w = bad.shape
@@ -206,9 +205,9 @@ def attention_eager(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scale:
     Returns ``(B, heads*hd, Ho, Wo)``.  Non-finite keys and values stay in their windows.
     """
     args = {"kernel": kernel, "stride": stride, "dilation": dilation}
-    poison = _nonfinite_windows(k, v, **args)
+    keep = torch.isfinite(k).all(2, keepdim=True) & torch.isfinite(v).all(2, keepdim=True)  # (B, heads, 1, H, W)
+    poison = _nonfinite_windows(~keep.squeeze(2), **args)
     if poison is not None:
-        keep = torch.isfinite(k).all(2, keepdim=True) & torch.isfinite(v).all(2, keepdim=True)
         k, v = k.where(keep, 0.0), v.where(keep, 0.0)
     out = _attention_finite(q, r, k, v, scale=scale, **args)
     if poison is None:

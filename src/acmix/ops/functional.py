@@ -20,7 +20,6 @@ default for a block of code (this thread).  See ``docs/fast-paths.md``.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -61,15 +60,9 @@ def _kernel_fits(x: Tensor) -> bool:
 def _triton_fits(x: Tensor) -> bool:
     if not data_dependent_ok() or x.shape[0] == 0:  # an empty batch: no kernel launch, the eager path
         return False
-    if x.device.type != "cuda" and not _triton_interpreting():
-        return False
-    from . import triton_attention  # imports triton: only for inputs that can use it
+    from . import triton_attention  # imports only the standard library; triton loads on the first launch
 
     return triton_attention.available(x)
-
-
-def _triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _training(x: Tensor, w: ACmixWeights) -> bool:
