@@ -44,6 +44,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "check_weights_suffix",
+    "convert_checkpoint",
     "load_checkpoint_file",
     "save_weights",
     "unwrap_state_dict",
@@ -224,3 +225,19 @@ def save_weights(sd: Mapping[str, Tensor], path: str | os.PathLike[str], metadat
         from safetensors.torch import save_file
         return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=metadata), _tensor_bytes(sd))
     return atomic_save(sd, path)
+
+
+def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list[str]:
+    """Write the model weights of a released checkpoint at ``src`` as a bare state dict at ``dst``.
+
+    ``src`` may be a full training dict (``model``, ``optimizer``, a pickled yacs
+    config): it is read with the allow-list of :func:`load_checkpoint_file`, never
+    with an unrestricted unpickler.  ``dst`` ending in ``.safetensors`` is written as
+    safetensors, anything else with ``torch.save``, atomically (an existing ``dst``
+    stays as it was if the write fails).  Returns the keys written.
+    """
+    state_dict = unwrap_state_dict(load_checkpoint_file(src))
+    if not state_dict:
+        raise ValueError(f"no tensors found in checkpoint {os.fspath(src)!r}")
+    save_weights(state_dict, dst, any_suffix=True)
+    return list(state_dict)

@@ -141,7 +141,7 @@ def source():
         for m in model.modules():
             if isinstance(m, torch.nn.Linear):
                 m.weight.mul_(0.2)
-    sd = dict(model.state_dict())
+    sd = _authors_layout(model.state_dict())
     for i, res in enumerate((56, 28, 14, 7)):
         for j in range(len(model.layers[i].blocks)):
             sd[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
@@ -153,6 +153,18 @@ def source():
     with torch.no_grad():
         out = model(x)
     return model, sd, x, out
+
+
+def _authors_layout(state_dict) -> dict:
+    """timm's Swin keys in the authors' layout: ``layers.i.downsample`` -> ``layers.{i-1}.downsample``
+    (merging at the end of the previous stage), ``head.fc.`` -> ``head.``."""
+    out = {}
+    for k, v in state_dict.items():
+        parts = k.split(".")
+        if parts[0] == "layers" and parts[2] == "downsample":
+            parts[1] = str(int(parts[1]) - 1)
+        out[".".join(parts).replace("head.fc.", "head.")] = v
+    return out
 
 
 def _fake_yacs_class() -> type:
@@ -261,7 +273,7 @@ def test_plain_swin_weights_initialise_swin_acmix(source, tmp_path):
     path = tmp_path / "swin_tiny_plain.pth"
     torch.save(plain, path)
     loaded = _load(path)
-    own = loaded.state_dict()
+    own = _authors_layout(loaded.state_dict())
     for k, v in plain.items():
         if k in own:
             assert torch.equal(own[k], v), k
@@ -271,7 +283,7 @@ def test_plain_swin_weights_initialise_swin_acmix(source, tmp_path):
 
     # another head size: the classifier is skipped, everything else loads
     ten = _load(path, num_classes=7)
-    assert ten.head.out_features == 7
+    assert ten.head.fc.out_features == 7
     assert torch.equal(ten.layers[1].blocks[0].attn.qkv.weight, plain["layers.1.blocks.0.attn.qkv.weight"])
 
 
@@ -280,8 +292,10 @@ def test_timm_swin_layout_initialises_swin_acmix(tmp_path):
     path = tmp_path / "swin_tiny_timm.pth"
     torch.save(ref.state_dict(), path)
     model = _load(path)
-    assert torch.equal(model.layers[0].downsample.reduction.weight, ref.layers[1].downsample.reduction.weight)
-    assert torch.equal(model.head.weight, ref.head.fc.weight)
+    assert set(model.state_dict()) - set(ref.state_dict()) == {
+        k for k in model.state_dict() if k.endswith(acmix_swin.ACMIX_EXTRA_SUFFIXES)}
+    assert torch.equal(model.layers[1].downsample.reduction.weight, ref.layers[1].downsample.reduction.weight)
+    assert torch.equal(model.head.fc.weight, ref.head.fc.weight)
     assert torch.equal(model.layers[3].blocks[1].mlp.fc2.weight, ref.layers[3].blocks[1].mlp.fc2.weight)
 
 
@@ -335,8 +349,10 @@ def test_bad_arguments_raise_value_error():
         SwinACmixBlock(16, 2, window_size=7, shift_size=7)
     with pytest.raises(ValueError, match="dim=30"):
         SwinACmixBlock(30, 4)
-    with pytest.raises(ValueError, match="global_pool='max'"):
-        SwinACmix(global_pool="max")
+    with pytest.raises(ValueError, match="global_pool='bogus'"):
+        SwinACmix(global_pool="bogus")
+    with pytest.raises(ValueError, match="global_pool='nope'"):
+        SwinACmix(depths=(1,), num_heads=(2,), embed_dim=16).reset_classifier(3, "nope")
     with pytest.raises(ValueError, match="depths="):
         SwinACmix(depths=(2, 2), num_heads=(1, 2, 3))
 

@@ -1,7 +1,7 @@
 """Swin-ACmix for export: size-generic pieces against their eager definitions, ONNX parity, compile.
 
 The block computes its window, shift, padding and mask without branching on the map
-size (``axis_window``, ``_pad_roll`` / ``_unroll_crop`` as gathers, the mask from
+size (``axis_window``, ``pad_roll`` / ``unroll_crop`` as gathers, the mask from
 ``arange`` comparisons) and gives SDPA 4-D inputs; each piece is held here to the
 plain definition it replaces, and the model to onnxruntime.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import acmix  # noqa: F401
-from acmix.models.acmix_swin import _pad_roll, _unroll_crop, axis_window, shifted_window_mask
+from acmix.models._swin_windows import axis_window, pad_roll, shifted_window_mask, unroll_crop
 
 SMALL = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2), num_classes=10)
 
@@ -31,16 +31,16 @@ def test_axis_window_is_one_window_up_to_the_window_size(size):
 
 @pytest.mark.parametrize("dim", [1, 2])
 @pytest.mark.parametrize(("size", "padded", "shift"), [(10, 14, 3), (14, 14, 3), (5, 5, 0), (9, 14, 0), (1, 7, 3)])
-def test_pad_roll_and_unroll_crop_are_pad_roll_and_its_inverse(dim, size, padded, shift):
+def testpad_roll_andunroll_crop_arepad_roll_and_its_inverse(dim, size, padded, shift):
     shape = [3, 6, 6, 4]
     shape[dim] = size
     x = torch.randn(shape, dtype=torch.float64)
     pad = [0, 0, 0, 0, 0, 0]
     pad[2 * (3 - dim) + 1] = padded - size  # F.pad counts from the last dim
     ref = torch.roll(F.pad(x, pad), -shift, dim)
-    out = _pad_roll(x, dim, size, padded, shift)
+    out = pad_roll(x, dim, size, padded, shift)
     assert torch.equal(out, ref)
-    assert torch.equal(_unroll_crop(out, dim, size, padded, shift), x)
+    assert torch.equal(unroll_crop(out, dim, size, padded, shift), x)
 
 
 def _authors_mask(h, w, ws, shift):
