@@ -1,6 +1,7 @@
 """The layer under torch.compile: traced graphs take the eager path and match the reference."""
 
 import torch
+import torch.fx.experimental._config
 
 from acmix import ACmix
 from acmix.ops import acmix_reference
@@ -18,3 +19,21 @@ def test_torch_compile_forward_backward_matches_reference():
     (gx_ref,) = torch.autograd.grad(ref.sum(), x_ref)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_dynamic_compile_builds_one_graph_for_every_size():
+    """``dynamic=True`` (duck sizing off, else a square first input makes dynamo assume H == W):
+    new heights, widths and batch sizes, a map within one tile included, reuse the first graph."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    layer = ACmix(8, 8, dtype=torch.float64)
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        for b, h, w in [(2, 12, 12), (3, 15, 20), (2, 23, 9), (4, 5, 6)]:
+            x = torch.randn(b, 8, h, w, dtype=torch.float64)
+            torch.testing.assert_close(compiled(x), acmix_reference(x, layer.weights(), layer.config),
+                                       rtol=1e-10, atol=1e-10)
+    assert counters["stats"]["unique_graphs"] == 1

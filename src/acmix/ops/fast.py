@@ -140,27 +140,33 @@ def _cached(fn: functools._lru_cache_wrapper[Tensor], *args: Hashable) -> Tensor
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev) (scale already in q).
+    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev), or with a tile axis
+    (N, T, L, E) / ..., scale already in q.
 
     On CUDA through ``scaled_dot_product_attention`` (fused kernels, no score
-    matrix kept); on the CPU as baddbmm + softmax + bmm, which measured faster
-    there than SDPA's masked math path.
+    matrix kept); on the CPU as (b)addbmm-style matmuls + softmax, which measured
+    faster there than SDPA's masked math path.
     """
     if q.device.type != "cuda":
-        return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1) @ v
+        if q.dim() == 3:
+            return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1) @ v
+        return torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
     ev = v.shape[-1]
     if ev < q.shape[-1]:  # kernels want equal head dims: zero channels change nothing
         v = F.pad(v, (0, q.shape[-1] - ev))
-    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=bias,
-                                         scale=1.0)
-    return out.squeeze(1)[..., :ev]
+    four = q.dim() == 4
+    if not four:
+        q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    return (out if four else out.squeeze(1))[..., :ev]
 
 
 def _static(*sizes: int) -> bool:
-    """Export fix: whether the sizes are plain ints.  Symbolic sizes (``torch.export``, dynamic shapes)
-    take the tiled path, which is exact at every size, so the graph holds no guard on H and W and the
-    ``lru_cache``d helpers never see a ``SymInt``."""
-    return all(type(s) is int for s in sizes)
+    """Export fix: whether the sizes are plain ints outside a compiler's trace.  Symbolic sizes
+    (``torch.export``, dynamic shapes) and every ``torch.compile`` trace (dynamo shows symbolic sizes
+    as ints) take the tiled path, which is exact at every size, so the graph holds no guard on H and
+    W, one graph serves every size, and the ``lru_cache``d helpers never see a ``SymInt``."""
+    return not torch.compiler.is_compiling() and all(type(s) is int for s in sizes)
 
 
 def dense_attention_fits(h: int, w: int, stride: int) -> bool:
@@ -180,10 +186,19 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     return _static(h, w) and dense_attention_fits(h, w, cfg.stride) and h * w <= 64
 
 
-def _halo_index(size: int, pad: int, tiles: int, step: int, halo: int, device: torch.device) -> Tensor:
-    """Export fix: source pixel of every halo position of every tile, ``(tiles * halo,)``, reflect rule."""
-    pos = torch.arange(tiles, device=device).view(-1, 1) * step + torch.arange(halo, device=device) - pad
-    return reflect_positions(pos.reshape(-1), size)
+def _halo_index(h: int, w: int, pad: int, tiles: tuple[int, int], step: int, halo: int,
+                device: torch.device) -> Tensor:
+    """Export fix: flat source pixel ``(tiles, halo^2)`` of every halo position of every tile, reflect rule.
+
+    Built from ``arange(tiles)`` and ``arange(halo^2)`` directly (no view of a ``(th, tw, halo, halo)``
+    grid, which would guard on whether ``th`` or ``tw`` is 1).
+    """
+    th, tw = tiles
+    tile = torch.arange(th * tw, device=device)[:, None]
+    p = torch.arange(halo * halo, device=device)[None, :]
+    rows = reflect_positions(tile // tw * step + p // halo - pad, h)
+    cols = reflect_positions(tile % tw * step + p % halo - pad, w)
+    return rows * w + cols
 
 
 def _nonfinite_windows(bad: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
@@ -240,17 +255,22 @@ def _attention_finite(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scal
         return _attention_gather(q, k, v, kernel=kernel, stride=stride, dilation=dilation)
     pad = dilation * (kernel - 1) // 2
     th, tw = (ho + t - 1) // t, (wo + t - 1) // t  # export fix: no floor division of negatives
+    # Compile fix: under a compiler one spare row and column of (padded, cropped) tiles, so that the
+    # tile counts are provably >= 2 and the graph holds no "one tile" guard (views and broadcasts
+    # specialise on 1): one graph for every size.  Eager calls do not pay for them.
+    spare = int(torch.compiler.is_compiling())
+    th, tw = th + spare, tw + spare
     # Export fix: every tile's reflect-padded halo gathered by one flat index (no pad sized by max(), no
     # Tensor.unfold: they guard on or fix H and W in exported graphs), in the (tile, halo^2, E) order the
     # attention reads.  Positions past the padded map only feed padded queries, cropped below.
-    rows = _halo_index(h, pad, th, stride * t, halo, k.device).view(th, 1, halo, 1)
-    cols = _halo_index(w, pad, tw, stride * t, halo, k.device).view(1, tw, 1, halo)
     kv = torch.cat([k, v], 2).reshape(n, e + hd, h * w).transpose(1, 2)
-    kv = kv.index_select(1, (rows * w + cols).reshape(-1)).reshape(n * th * tw, halo * halo, e + hd)
+    # Compile fix: tiles stay an axis of their own, (n, tiles, ...), never merged with n: a reshape
+    # merging them guards on whether there is one tile (a recompile between small and large maps).
+    kv = kv[:, _halo_index(h, w, pad, (th, tw), stride * t, halo, k.device)]  # (n, tiles, halo^2, E + hd)
     qt = F.pad(q.reshape(n, e, ho, wo), (0, tw * t - wo, 0, th * t - ho))
-    qt = qt.reshape(n, e, th, t, tw, t).permute(0, 2, 4, 3, 5, 1).reshape(n * th * tw, t * t, e)
+    qt = qt.reshape(n, e, th, t, tw, t).permute(0, 2, 4, 3, 5, 1).reshape(n, th * tw, t * t, e)
     mask = _cached(_tile_mask, t, (halo, halo), key, q.device, q.dtype)
-    out = _sdpa(qt, kv[..., :e], kv[..., e:], mask)  # (n*th*tw, t*t, hd)
+    out = _sdpa(qt, kv[..., :e], kv[..., e:], mask)  # (n, tiles, t*t, hd)
     # Export fix: the ho x wo real queries picked out of the padded tiles by index (a slice would guard
     # on whether it crops anything, i.e. on H and W modulo the tile).
     i, j = torch.arange(ho, device=q.device).view(-1, 1), torch.arange(wo, device=q.device)
