@@ -140,25 +140,20 @@ def _cached(fn: functools._lru_cache_wrapper[Tensor], *args: Hashable) -> Tensor
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev), or with a tile axis
-    (N, T, L, E) / ..., scale already in q.
+    """softmax(q k^T + bias) v on (N, L, E) / (N, S, E) / (N, S, Ev) (scale already in q).
 
     On CUDA through ``scaled_dot_product_attention`` (fused kernels, no score
-    matrix kept); on the CPU as (b)addbmm-style matmuls + softmax, which measured
-    faster there than SDPA's masked math path.
+    matrix kept); on the CPU as baddbmm + softmax + bmm, which measured faster
+    there than SDPA's masked math path.
     """
     if q.device.type != "cuda":
-        if q.dim() == 3:
-            return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1) @ v
-        return torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
+        return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1) @ v
     ev = v.shape[-1]
     if ev < q.shape[-1]:  # kernels want equal head dims: zero channels change nothing
         v = F.pad(v, (0, q.shape[-1] - ev))
-    four = q.dim() == 4
-    if not four:
-        q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-    return (out if four else out.squeeze(1))[..., :ev]
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=bias,
+                                         scale=1.0)
+    return out.squeeze(1)[..., :ev]
 
 
 def _static(*sizes: int) -> bool:
@@ -194,7 +189,9 @@ def _halo_index(h: int, w: int, pad: int, tiles: tuple[int, int], step: int, hal
     grid, which would guard on whether ``th`` or ``tw`` is 1).
     """
     th, tw = tiles
-    tile = torch.arange(th * tw, device=device)[:, None]
+    if isinstance(tw, torch.SymInt):  # a 0-d tensor: ONNX converters take no symbolic Python scalar in // and %
+        tw = torch.full((), tw, dtype=torch.long, device=device)
+    tile = torch.arange(th * tiles[1], device=device)[:, None]
     p = torch.arange(halo * halo, device=device)[None, :]
     rows = reflect_positions(tile // tw * step + p // halo - pad, h)
     cols = reflect_positions(tile % tw * step + p % halo - pad, w)
@@ -264,13 +261,11 @@ def _attention_finite(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scal
     # Tensor.unfold: they guard on or fix H and W in exported graphs), in the (tile, halo^2, E) order the
     # attention reads.  Positions past the padded map only feed padded queries, cropped below.
     kv = torch.cat([k, v], 2).reshape(n, e + hd, h * w).transpose(1, 2)
-    # Compile fix: tiles stay an axis of their own, (n, tiles, ...), never merged with n: a reshape
-    # merging them guards on whether there is one tile (a recompile between small and large maps).
-    kv = kv[:, _halo_index(h, w, pad, (th, tw), stride * t, halo, k.device)]  # (n, tiles, halo^2, E + hd)
+    kv = kv[:, _halo_index(h, w, pad, (th, tw), stride * t, halo, k.device)].flatten(0, 1)  # (n*tiles, halo^2, E+hd)
     qt = F.pad(q.reshape(n, e, ho, wo), (0, tw * t - wo, 0, th * t - ho))
-    qt = qt.reshape(n, e, th, t, tw, t).permute(0, 2, 4, 3, 5, 1).reshape(n, th * tw, t * t, e)
+    qt = qt.reshape(n, e, th, t, tw, t).permute(0, 2, 4, 3, 5, 1).reshape(n * th * tw, t * t, e)
     mask = _cached(_tile_mask, t, (halo, halo), key, q.device, q.dtype)
-    out = _sdpa(qt, kv[..., :e], kv[..., e:], mask)  # (n, tiles, t*t, hd)
+    out = _sdpa(qt, kv[..., :e], kv[..., e:], mask)  # (n*th*tw, t*t, hd)
     # Export fix: the ho x wo real queries picked out of the padded tiles by index (a slice would guard
     # on whether it crops anything, i.e. on H and W modulo the tile).
     i, j = torch.arange(ho, device=q.device).view(-1, 1), torch.arange(wo, device=q.device)
@@ -359,7 +354,10 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
     qs = q[..., ::s, ::s]
     r = None
     if pe_w is not None:
-        r = torch.einsum("dc,bhdij->bhcij", pe_w.to(qs.dtype), qs) * args["scale"]
+        # a 1x1 conv over (B*heads) rather than an einsum, whose batch broadcast guards on B == 1 in export
+        ho, wo = qs.shape[-2:]
+        r = F.conv2d(qs.reshape(b * heads, hd, ho, wo), pe_w.to(qs.dtype).t()[:, :, None, None])
+        r = r.view(b, heads, pe_w.shape[1], ho, wo) * args["scale"]
     if backend is Backend.TRITON:  # the rate combination runs in the kernel's epilogue
         from .triton_attention import window_attention_triton
 
