@@ -355,6 +355,20 @@ def test_bad_arguments_raise_value_error():
         SwinACmix(depths=(1,), num_heads=(2,), embed_dim=16).reset_classifier(3, "nope")
     with pytest.raises(ValueError, match="depths="):
         SwinACmix(depths=(2, 2), num_heads=(1, 2, 3))
+    for name, value in (("head_dim", 4), ("always_partition", True), ("weight_init", "jax")):
+        with pytest.raises(ValueError, match=f"{name}={value!r}"):
+            SwinACmix(**{name: value})
+
+
+def test_set_input_size_changes_only_the_nominal_size():
+    model = SwinACmix(depths=(1, 1), num_heads=(1, 2), embed_dim=16)
+    model.set_input_size(img_size=(96, 128))
+    assert tuple(model.patch_embed.img_size) == (96, 128)
+    with pytest.raises(ValueError, match="window_size=12"):
+        model.set_input_size(window_size=12)
+    with pytest.raises(ValueError, match="window_size=5"):
+        model.layers[1].set_input_size((8, 8), 5)
+    model.layers[1].set_input_size((8, 8), 7)  # the same window: nothing to do
 
 
 @pytest.mark.slow

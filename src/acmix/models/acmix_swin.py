@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import PatchEmbed, calculate_drop_path_rates, trunc_normal_
+from timm.layers import PatchEmbed, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import swin_transformer as timm_swin
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
@@ -59,6 +59,11 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 _POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's ClassifierHead on NHWC maps
+# timm SwinTransformer arguments this model fixes, and why
+_FIXED = {"head_dim": "dim // num_heads", "always_partition": "windows are chosen per input",
+          "strict_img_size": "any input size runs", "dynamic_img_size": "any input size runs",
+          "embed_layer": "timm's PatchEmbed, padding to the patch",
+          "weight_init": "timm's default, then the shift init"}
 ACMIX_EXTRA_SUFFIXES = ("attn.fc.weight", "attn.fc.bias", "attn.dep_conv.weight", "attn.rate1", "attn.rate2")
 
 
@@ -137,7 +142,7 @@ class WindowAttentionACmix(ConvPathMixer):
         return self.proj_drop(self.combine(att, conv))
 
     def uncounted_macs(self, inputs: tuple, output: Tensor) -> int:
-        """None: the window attention is matmuls (SDPA), which FLOP counters see."""
+        """0: the window attention is matmuls (SDPA), which FLOP counters see."""
         return 0
 
     def extra_repr(self) -> str:
@@ -166,6 +171,7 @@ class SwinACmixBlock(SwinTransformerBlock):
         # always_partition: keep window_size / shift_size as given (the step below picks them per input);
         # dynamic_mask: no mask buffer for a fixed resolution; head_dim=1: the WindowAttention timm builds
         # here is replaced just below, so keep it small
+        # input_resolution: unused (the window is chosen per input), given as one window
         super().__init__(dim, (window_size, window_size), num_heads=num_heads, head_dim=1, window_size=window_size,
                          shift_size=shift_size, always_partition=True, dynamic_mask=True, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop, drop_path=drop_path,
@@ -174,6 +180,13 @@ class SwinACmixBlock(SwinTransformerBlock):
         self.add_module("attn", WindowAttentionACmix(dim, num_heads, window_size, qkv_bias=qkv_bias,
                                                      attn_drop=attn_drop, proj_drop=drop, combination=combination,
                                                      shift=shift, device=device, dtype=dtype))
+
+    def set_input_size(self, feat_size: tuple[int, int], window_size: Any,
+                       always_partition: bool | None = None) -> None:
+        """Nothing to set for a new size (``input_resolution`` is unused); another window is refused."""
+        if tuple(to_2tuple(window_size)) != tuple(self.window_size):
+            raise ValueError(f"window_size={window_size!r}: Swin-ACmix keeps the window it was built with "
+                             f"({self.window_size[0]}); build the model with window_size= instead")
 
     def _attn(self, x: Tensor) -> Tensor:
         # every size below may be symbolic (export, dynamic compile): no branch on it, no int taken from it
@@ -195,8 +208,8 @@ class SwinACmixBlock(SwinTransformerBlock):
 class SwinACmix(SwinTransformer):
     """timm's Swin Transformer with :class:`SwinACmixBlock` blocks; runs at any input size.
 
-    Args (besides timm's ``SwinTransformer`` ones, e.g. ``in_chans``, ``num_classes``,
-    ``global_pool``, ``drop_rate``, ``embed_dim``, ``mlp_ratio``):
+    Args (besides timm's ``SwinTransformer`` ones: ``in_chans``, ``num_classes``, ``global_pool``,
+    ``drop_rate``, ``embed_dim``, ``patch_size``, ``img_size``; the others it fixes are refused):
         combination: ``"learned"`` (Swin-ACmix), ``"fixed"``, ``"attention"`` (plain Swin)
             or ``"conv"`` (Conv-Swin).  shift: the convolution path's shift
             (``"grouped"``, ``"learnable"``, ``"fixed"``, ``"tensor"``).
@@ -216,6 +229,9 @@ class SwinACmix(SwinTransformer):
                  dtype: torch.dtype | None = None, global_pool: str = "avg", **kwargs: Any) -> None:
         if len(depths) != len(num_heads):
             raise ValueError(f"depths={depths!r} and num_heads={num_heads!r} differ in length")
+        fixed = sorted(set(kwargs) & set(_FIXED))
+        if fixed:
+            raise ValueError(f"{fixed[0]}={kwargs[fixed[0]]!r}: Swin-ACmix sets it itself ({_FIXED[fixed[0]]})")
         check_positive(window_size, "window_size")
         embed_layer: Any = partial(PatchEmbed, dynamic_img_pad=True)  # inputs off the patch grid are padded
         super().__init__(depths=(0,) * len(depths), num_heads=num_heads, window_size=window_size,
@@ -241,8 +257,14 @@ class SwinACmix(SwinTransformer):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         super().reset_classifier(num_classes, None if global_pool is None else check_global_pool(global_pool, _POOLS))
 
-    def set_input_size(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing to do: windows, padding and masks are computed for every input."""
+    def set_input_size(self, img_size: tuple[int, int] | None = None, patch_size: Any = None,
+                       window_size: Any = None, window_ratio: Any = None, always_partition: bool | None = None) -> None:
+        """Only the nominal ``img_size`` changes: windows, padding and masks are computed for every input."""
+        for name, value in (("patch_size", patch_size), ("window_size", window_size), ("window_ratio", window_ratio)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r}: Swin-ACmix keeps the {name.replace('_', ' ')} it was built with")
+        if img_size is not None:
+            self.patch_embed.set_input_size(img_size=img_size)  # type: ignore[operator]  # Module attribute typing
 
 
 # ----------------------------------------------------------------------------- checkpoints
