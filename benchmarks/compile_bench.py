@@ -7,6 +7,10 @@ compiled milliseconds per batch (10 calls after a warm-up); writes the same to
 ``benchmarks/results/compile_bench_cpu.json``.  This is the measurement behind the
 README's ``torch.compile`` paragraph.
 
+Run it without ``OMP_WAIT_POLICY=PASSIVE``: inductor's CPU code opens many short
+parallel regions, and sleeping threads made the compiled model 15x slower here.
+For a cold compile time, point ``TORCHINDUCTOR_CACHE_DIR`` at an empty folder.
+
 Duck sizing is switched off (``use_duck_shape = False``, ``--duck-shape`` keeps it):
 otherwise a square first input makes dynamo assume ``H == W`` and recompile at the
 first non-square one, in any model.
