@@ -74,6 +74,8 @@ part "op_bench cuda bf16" "$OP_S" "$PYTHON" benchmarks/op_bench.py --device cuda
 part "model_bench cuda bf16" "$MODEL_S" "$PYTHON" benchmarks/model_bench.py --device cuda --dtype bfloat16 \
     --channels-last --batch-size 64 --infer-batch-size 256 --models all --backends auto eager \
     --json "$RESULTS/model_bench_cuda.json"
+# Tab. 1 on the GPU: Stage I's share of the measured time (the MACs do not depend on the device)
+part "paper stage-costs cuda" 60 "$PYTHON" -m acmix paper stage-costs --device cuda --out "$RESULTS/stage_costs_cuda"
 # float32 last: its tf32x3 kernels compile slowest, and the bf16 figures are the ones training uses
 part "op_bench cuda fp32" "$OP_S" "$PYTHON" benchmarks/op_bench.py --device cuda --dtype float32 --batch 32 \
     --rounds 3 --no-unfold --json "$RESULTS/op_bench_cuda_fp32.json"
