@@ -75,5 +75,8 @@ def unroll_crop(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tens
 
 
 def _static_identity(size: int, padded: int, shift: int) -> bool:
-    """True for plain ints (eager) that need no padding and no shift: the gathers would copy ``x`` unchanged."""
-    return all(type(v) is int for v in (size, padded, shift)) and size == padded and shift == 0
+    """True for plain ints outside a compiler's trace that need no padding and no shift: the gathers would
+    copy ``x`` unchanged.  Under ``torch.compile`` dynamo shows symbolic sizes as ints, and the comparison
+    would guard the graph on "no padding" (a recompile at the first size that needs some)."""
+    return (not torch.compiler.is_compiling() and all(type(v) is int for v in (size, padded, shift))
+            and size == padded and shift == 0)
