@@ -8,7 +8,7 @@ compiled milliseconds per batch (10 calls after a warm-up); writes the same to
 README's ``torch.compile`` paragraph.
 
 Run it without ``OMP_WAIT_POLICY=PASSIVE``: inductor's CPU code opens many short
-parallel regions, and sleeping threads made the compiled model 15x slower here.
+parallel regions, and sleeping threads made the compiled model 14-19x slower here.
 For a cold compile time, point ``TORCHINDUCTOR_CACHE_DIR`` at an empty folder.
 
 Duck sizing is switched off (``use_duck_shape = False``, ``--duck-shape`` keeps it):

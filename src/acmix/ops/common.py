@@ -21,6 +21,7 @@ __all__ = [
     "reflect_positions",
     "required",
     "shift_kernel",
+    "tensor_if_symbolic",
 ]
 
 
@@ -95,9 +96,7 @@ def reflect_positions(pos: Tensor, size: int) -> Tensor:
     Branch-free in ``size`` (the period is at least 1, which maps a single-pixel
     axis to pixel 0), so an exported graph keeps ``size`` symbolic.
     """
-    period = _size_max(2 * (size - 1), 1)
-    if isinstance(period, torch.SymInt):  # a 0-d tensor: ONNX converters take no symbolic Python scalar here
-        period = torch.full((), period, dtype=pos.dtype, device=pos.device)
+    period = tensor_if_symbolic(_size_max(2 * (size - 1), 1), pos)
     pos = pos.remainder(period)
     return torch.where(pos >= size, period - pos, pos)
 
@@ -107,6 +106,14 @@ def reflect_pad(t: Tensor, pad: int) -> Tensor:
     ih = reflect_index(t.shape[-2], pad, device=t.device)
     iw = reflect_index(t.shape[-1], pad, device=t.device)
     return t.index_select(-2, ih).index_select(-1, iw)
+
+
+def tensor_if_symbolic(value: int, like: Tensor) -> int:
+    """``value``, or a 0-d tensor of it (``like``'s dtype and device) when it is a ``SymInt``: ONNX
+    converters take no symbolic Python scalar in elementwise integer ops (``%``, ``//``)."""
+    if isinstance(value, torch.SymInt):
+        return torch.full((), value, dtype=like.dtype, device=like.device)
+    return value
 
 
 def _size_max(a: int, b: int) -> int:

@@ -46,6 +46,7 @@ from .common import (
     reflect_positions,
     required,
     shift_kernel,
+    tensor_if_symbolic,
 )
 from .config import ACmixConfig, Backend, ShiftMode
 
@@ -189,13 +190,21 @@ def _halo_index(h: int, w: int, pad: int, tiles: tuple[int, int], step: int, hal
     grid, which would guard on whether ``th`` or ``tw`` is 1).
     """
     th, tw = tiles
-    if isinstance(tw, torch.SymInt):  # a 0-d tensor: ONNX converters take no symbolic Python scalar in // and %
-        tw = torch.full((), tw, dtype=torch.long, device=device)
-    tile = torch.arange(th * tiles[1], device=device)[:, None]
+    tile = torch.arange(th * tw, device=device)[:, None]
     p = torch.arange(halo * halo, device=device)[None, :]
+    tw = tensor_if_symbolic(tw, tile)
     rows = reflect_positions(tile // tw * step + p // halo - pad, h)
     cols = reflect_positions(tile % tw * step + p % halo - pad, w)
     return rows * w + cols
+
+
+def position_term(qs: Tensor, pe_weight: Tensor, scale: float) -> Tensor:
+    """``scale * (q . W_p)`` per query, ``(B, heads, 2, Ho, Wo)`` from ``(B, heads, hd, Ho, Wo)`` queries
+    (rewrite 1, ``docs/fast-paths.md``).  A 1x1 conv over ``B * heads`` rather than an einsum, whose
+    batch broadcast guards exported programs on ``B != 1``."""
+    b, heads, hd, ho, wo = qs.shape
+    r = F.conv2d(qs.reshape(b * heads, hd, ho, wo), pe_weight.to(qs.dtype).t()[:, :, None, None])
+    return r.view(b, heads, pe_weight.shape[1], ho, wo) * scale
 
 
 def _nonfinite_windows(bad: Tensor, *, kernel: int, stride: int, dilation: int) -> Tensor | None:
@@ -352,12 +361,7 @@ def acmix_fast(x: Tensor, w: ACmixWeights, cfg: ACmixConfig, backend: Backend = 
             return conv
     q, k, v = qkv.view(b, hd, 3, heads, h, wd).permute(2, 0, 3, 1, 4, 5).unbind(0)  # (B, heads, hd, H, W)
     qs = q[..., ::s, ::s]
-    r = None
-    if pe_w is not None:
-        # a 1x1 conv over (B*heads) rather than an einsum, whose batch broadcast guards on B == 1 in export
-        ho, wo = qs.shape[-2:]
-        r = F.conv2d(qs.reshape(b * heads, hd, ho, wo), pe_w.to(qs.dtype).t()[:, :, None, None])
-        r = r.view(b, heads, pe_w.shape[1], ho, wo) * args["scale"]
+    r = None if pe_w is None else position_term(qs, pe_w, args["scale"])
     if backend is Backend.TRITON:  # the rate combination runs in the kernel's epilogue
         from .triton_attention import window_attention_triton
 

@@ -266,7 +266,7 @@ def stage2_eager(qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor
     ``has_att`` is False or ``wc`` is None; the op's backward differentiates
     this under ``create_graph=True``.
     """
-    from .fast import attention_eager  # fast imports this module
+    from .fast import attention_eager, position_term  # fast imports this module
 
     b, c3, h, w = qkv.shape
     hd = c3 // 3 // heads
@@ -275,7 +275,7 @@ def stage2_eager(qkv: Tensor, wp: Tensor | None, wc: Tensor | None, bias: Tensor
         q, k, v = qkv.view(b, 3, heads, hd, h, w).unbind(1)
         qs = q[..., ::stride, ::stride]
         scale = _scale(qkv, heads)
-        r = None if wp is None else torch.einsum("dc,bhdij->bhcij", wp, qs) * scale
+        r = None if wp is None else position_term(qs, wp, scale)
         out = rate1 * attention_eager(qs, r, k, v, scale=scale, kernel=kernel_att, stride=stride,
                                       dilation=dilation)
     if wc is not None:  # group d reads channel which*C + head*hd + d of every piece which*heads + head
