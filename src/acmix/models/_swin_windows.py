@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["axis_window", "pad_roll", "relative_position_index", "shifted_window_mask", "unroll_crop"]
+from ..ops.common import tensor_if_symbolic
+
+__all__ = ["axis_window", "packed", "pad_roll", "relative_position_index", "shifted_window_mask", "unroll_crop"]
 
 
 def relative_position_index(wh: int, ww: int, window: int, device: torch.device | None = None) -> Tensor:
@@ -52,16 +54,30 @@ def shifted_window_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, *,
 
     img = regions(h, wh, sh)[:, None] * 3 + regions(w, ww, sw)[None, :]
     nh, nw = h // wh, w // ww
-    win = img.view(nh, wh, nw, ww).transpose(1, 2).contiguous().view(nh * nw, wh * ww)  # (nW, N), windows row-major
+    win = packed(img.view(nh, wh, nw, ww).transpose(1, 2)).view(nh * nw, wh * ww)  # (nW, N), windows row-major
     diff = win[:, None, :] - win[:, :, None]
     return torch.zeros(diff.shape, device=device, dtype=dtype).masked_fill(diff != 0, -100.0)
+
+
+def packed(x: Tensor) -> Tensor:
+    """A contiguous copy of ``x``, always.
+
+    ``x.contiguous()`` first asks whether ``x`` already is, and for a permuted view that
+    depends on which axes have size 1 (one window along an axis, a batch of one).  At
+    symbolic sizes that question is a guard, and the traced program would keep only the
+    example's answer: an export at a size with one window per axis in the last stage
+    refused every size with more.  The copy costs nothing extra where ``.contiguous()``
+    copies anyway (every size but those degenerate ones).
+    """
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def pad_roll(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor:
     """``x`` zero-padded from ``size`` to ``padded`` along ``dim``, then rolled by ``-shift`` (``torch.roll``)."""
     if _static_identity(size, padded, shift):
         return x
-    src = (torch.arange(padded, device=x.device) + shift) % padded
+    ids = torch.arange(padded, device=x.device)
+    src = (ids + shift) % tensor_if_symbolic(padded, ids)
     shape = [1] * x.dim()
     shape[dim] = padded
     return torch.where((src < size).view(shape), x.index_select(dim, src.clamp(max=size - 1)), 0)
@@ -71,7 +87,8 @@ def unroll_crop(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tens
     """The inverse of :func:`pad_roll`: roll back by ``shift``, keep the first ``size`` entries along ``dim``."""
     if _static_identity(size, padded, shift):
         return x
-    return x.index_select(dim, (torch.arange(size, device=x.device) - shift) % padded)
+    ids = torch.arange(size, device=x.device)
+    return x.index_select(dim, (ids - shift) % tensor_if_symbolic(padded, ids))
 
 
 def _static_identity(size: int, padded: int, shift: int) -> bool:

@@ -45,7 +45,7 @@ from ..ops import Combination, ShiftMode
 from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names
 from ._checks import check_model_kwargs, with_input_check
-from ._swin_windows import axis_window, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
+from ._swin_windows import axis_window, packed, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
 
 __all__ = [
     "PAPER_FIGURES",
@@ -119,16 +119,16 @@ class WindowAttentionACmix(ConvPathMixer):
         # 4-D SDPA inputs (ONNX takes no 5-D): windows in the batch when every window shares the bias;
         # with a per-window mask, windows x heads as the "heads" axis, broadcast over the batch
         if mask is None:
-            q, k, v = win.contiguous().view(3, b * nh * nw, heads, n, hd).unbind(0)
+            q, k, v = packed(win).view(3, b * nh * nw, heads, n, hd).unbind(0)
             bias = bias.unsqueeze(0)  # (1, heads, N, N)
         else:
-            q, k, v = win.contiguous().view(3, b, nh * nw * heads, n, hd).unbind(0)
-            bias = (bias.unsqueeze(0) + mask.to(qkv.dtype).unsqueeze(1)).contiguous().view(1, nh * nw * heads, n, n)
+            q, k, v = packed(win).view(3, b, nh * nw * heads, n, hd).unbind(0)
+            bias = packed(bias.unsqueeze(0) + mask.to(qkv.dtype).unsqueeze(1)).view(1, nh * nw * heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.view(b * nh * nw, heads, n, hd).transpose(1, 2).contiguous().view(b * nh * nw, n, self.dim)
+        out = packed(out.view(b * nh * nw, heads, n, hd).transpose(1, 2)).view(b * nh * nw, n, self.dim)
         out = self.proj(out).view(b, nh, nw, wh, ww, self.dim)  # heads concatenated, projected per window
-        return out.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, self.dim)
+        return packed(out.permute(0, 1, 3, 2, 4, 5)).view(b, h, w, self.dim)
 
     def forward(self, x: Tensor, window: tuple[int, int] | None = None, mask: Tensor | None = None) -> Tensor:
         wh, ww = window if window is not None else self.window_size
