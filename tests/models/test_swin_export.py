@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import acmix  # noqa: F401
+from acmix.export import check_onnx, dynamic_input_dims, export_onnx
 from acmix.models._swin_windows import axis_window, pad_roll, shifted_window_mask, unroll_crop
 
 SMALL = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2), num_classes=10)
@@ -92,17 +93,46 @@ def _check_dynamic_batch(name, model, tol, size=(160, 200)):
         _ort_matches(session, model, torch.randn(batch, 3, *size), tol)
 
 
-def test_onnx_dynamo_export_matches_onnxruntime():
-    """The dynamo exporter (4-D SDPA inputs) at a size off the 32 * 7 grid, dynamic batch; ORT within 1e-5."""
+def test_onnx_with_dynamic_height_and_width_matches_onnxruntime(tmp_path):
+    """A two-stage model through ``acmix.export`` (dynamic batch, H, W): onnxruntime at three sizes
+    within 1e-5 of eager, sizes at which different stages have one window per axis, or need padding."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    _check_dynamic_batch("acmix_swin_tiny", timm.create_model("acmix_swin_tiny", **SMALL).eval(), 1e-5)
+    model = timm.create_model("acmix_swin_tiny", embed_dim=32, depths=(1, 1), num_heads=(2, 2),
+                              num_classes=10).eval()
+    path = export_onnx(model, torch.randn(2, 3, 64, 72), tmp_path / "swin.onnx")
+    assert dynamic_input_dims(path) == [True, False, True, True]
+    # 64x72: several windows in both stages; 37x90: one window along H in stage 2; 120x20: one along W in both
+    results = check_onnx(model, path, [(2, 3, 64, 72), (1, 3, 37, 90), (3, 3, 120, 20)], rtol=1e-5)
+    assert len(results) == 3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "kwargs"), [("conv_swin_tiny", SMALL), ("acmix_swin_tiny", {}),
-                                              ("conv_swin_tiny", {})])
+@pytest.mark.parametrize(("name", "kwargs"), [("acmix_swin_tiny", SMALL), ("conv_swin_tiny", SMALL),
+                                              ("acmix_swin_tiny", {}), ("conv_swin_tiny", {})])
 def test_more_onnx_dynamo_exports_match_onnxruntime(name, kwargs):
-    """Conv-Swin, and the full-size models at 224x224 (ORT within 1e-4)."""
+    """A fixed H and W with only the batch dynamic; the full-size models at 224x224 (ORT within 1e-4)."""
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
     _check_dynamic_batch(name, model, 1e-5 if kwargs else 1e-4, size=(160, 200) if kwargs else (224, 224))
+
+
+@pytest.mark.slow  # ~40 s of tracing
+def test_dynamic_compile_builds_one_graph_for_every_size():
+    """``torch.compile(dynamic=True)`` with duck sizing off and size-oblivious tracing (README): new batch
+    sizes, H and W, with one window per axis in different stages, reuse the first graph; outputs equal eager."""
+    import torch.fx.experimental._config as fx_config
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = timm.create_model("acmix_swin_tiny", embed_dim=32, depths=(1, 1), num_heads=(2, 2),
+                              num_classes=10).eval()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
+    with fx_config.patch(use_duck_shape=False, backed_size_oblivious=True), torch.no_grad():
+        for b, h, w in [(2, 64, 72), (1, 37, 90), (3, 120, 20), (2, 31, 29)]:
+            x = torch.randn(b, 3, h, w)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1

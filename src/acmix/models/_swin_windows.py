@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.common import tensor_if_symbolic
+from ..ops.common import packed, tensor_if_symbolic
 
-__all__ = ["axis_window", "packed", "pad_roll", "relative_position_index", "shifted_window_mask", "unroll_crop"]
+__all__ = ["axis_window", "pad_roll", "relative_position_index", "shifted_window_mask", "unroll_crop"]
 
 
 def relative_position_index(wh: int, ww: int, window: int, device: torch.device | None = None) -> Tensor:
@@ -24,8 +24,9 @@ def relative_position_index(wh: int, ww: int, window: int, device: torch.device 
     timm's ``get_relative_position_index`` sizes the table by the window itself; a map
     smaller than the window needs the full window's table, indexed here.
     """
-    ys, xs = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
+    ids = torch.arange(wh * ww, device=device)  # row-major positions; no flatten of a grid (a guard on 1-wide)
+    cols = tensor_if_symbolic(ww, ids)
+    ys, xs = ids // cols, ids % cols
     return (ys[:, None] - ys[None, :] + window - 1) * (2 * window - 1) + xs[:, None] - xs[None, :] + window - 1
 
 
@@ -57,19 +58,6 @@ def shifted_window_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int, *,
     win = packed(img.view(nh, wh, nw, ww).transpose(1, 2)).view(nh * nw, wh * ww)  # (nW, N), windows row-major
     diff = win[:, None, :] - win[:, :, None]
     return torch.zeros(diff.shape, device=device, dtype=dtype).masked_fill(diff != 0, -100.0)
-
-
-def packed(x: Tensor) -> Tensor:
-    """A contiguous copy of ``x``, always.
-
-    ``x.contiguous()`` first asks whether ``x`` already is, and for a permuted view that
-    depends on which axes have size 1 (one window along an axis, a batch of one).  At
-    symbolic sizes that question is a guard, and the traced program would keep only the
-    example's answer: an export at a size with one window per axis in the last stage
-    refused every size with more.  The copy costs nothing extra where ``.contiguous()``
-    copies anyway (every size but those degenerate ones).
-    """
-    return x.clone(memory_format=torch.contiguous_format)
 
 
 def pad_roll(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tensor:

@@ -42,10 +42,11 @@ from torch import Tensor, nn
 from ..checkpoint_io import convert_checkpoint, load_checkpoint_file, unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs
 from ..ops import Combination, ShiftMode
+from ..ops.common import packed
 from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names
 from ._checks import check_model_kwargs, with_input_check
-from ._swin_windows import axis_window, packed, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
+from ._swin_windows import axis_window, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
 
 __all__ = [
     "PAPER_FIGURES",
@@ -124,7 +125,8 @@ class WindowAttentionACmix(ConvPathMixer):
         else:
             q, k, v = packed(win).view(3, b, nh * nw * heads, n, hd).unbind(0)
             bias = packed(bias.unsqueeze(0) + mask.to(qkv.dtype).unsqueeze(1)).view(1, nh * nw * heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+        # the bias expanded to q's batch (a stride-0 view): broadcasting it would guard on that batch being 1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(q.shape[0], -1, -1, -1),
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
         out = packed(out.view(b * nh * nw, heads, n, hd).transpose(1, 2)).view(b * nh * nw, n, self.dim)
         out = self.proj(out).view(b, nh, nw, wh, ww, self.dim)  # heads concatenated, projected per window

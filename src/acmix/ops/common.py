@@ -15,6 +15,8 @@ __all__ = [
     "check_input",
     "check_weights",
     "data_dependent_ok",
+    "is_symbolic",
+    "packed",
     "position_grid",
     "reflect_index",
     "reflect_pad",
@@ -106,6 +108,24 @@ def reflect_pad(t: Tensor, pad: int) -> Tensor:
     ih = reflect_index(t.shape[-2], pad, device=t.device)
     iw = reflect_index(t.shape[-1], pad, device=t.device)
     return t.index_select(-2, ih).index_select(-1, iw)
+
+
+def is_symbolic(*sizes: int) -> bool:
+    """True if any size is a ``SymInt`` (``torch.export``, ``torch.compile(dynamic=True)``): a Python
+    branch on it would become a guard, and the traced graph would keep only the example's side."""
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
+def packed(x: Tensor) -> Tensor:
+    """A contiguous copy of ``x``, always.
+
+    ``x.contiguous()`` first asks whether ``x`` already is, and for a permuted view the
+    answer depends on which axes have size 1 (one window along an axis, a batch of one).
+    At symbolic sizes that question is a guard, and the traced program keeps only the
+    example's answer (an export with one Swin window per axis in the last stage refused
+    every size with more).  No extra cost where ``.contiguous()`` copies anyway.
+    """
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def tensor_if_symbolic(value: int, like: Tensor) -> int:
