@@ -13,9 +13,14 @@ For a cold compile time, point ``TORCHINDUCTOR_CACHE_DIR`` at an empty folder.
 
 Duck sizing is switched off (``use_duck_shape = False``, ``--duck-shape`` keeps it):
 otherwise a square first input makes dynamo assume ``H == W`` and recompile at the
-first non-square one, in any model.
+first non-square one, in any model.  Tracing is size-oblivious
+(``backed_size_oblivious = True``): otherwise Swin builds a graph for each pattern of
+stages with one window per axis (README, "Export with dynamic shapes").
 
     OMP_NUM_THREADS=2 python benchmarks/compile_bench.py [--model acmix_resnet_tiny]
+    OMP_NUM_THREADS=2 python benchmarks/compile_bench.py --model acmix_swin_tiny \
+        --model-kwargs '{"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [2, 2, 2, 2]}' \
+        --sizes 64x72 100x45 96x128 --json benchmarks/results/compile_bench_swin_cpu.json
 """
 
 from __future__ import annotations
@@ -44,27 +49,32 @@ def _ms(fn, x: torch.Tensor, calls: int = 10) -> float:
 def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="acmix_resnet_tiny")
+    p.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON object for timm.create_model")
+    p.add_argument("--sizes", nargs="+", default=["28x28", "36x44", "52x20"], help="HxW, in calling order")
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--duck-shape", action="store_true", help="keep dynamo's duck sizing (H == W assumed)")
     p.add_argument("--json", default=str(Path(__file__).with_name("results") / "compile_bench_cpu.json"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    model = timm.create_model(args.model, num_classes=10).eval()
+    model = timm.create_model(args.model, **{"num_classes": 10, **args.model_kwargs}).eval()
     chans = model.in_chans if hasattr(model, "in_chans") else 3
     torch.fx.experimental._config.use_duck_shape = args.duck_shape
+    torch.fx.experimental._config.backed_size_oblivious = True
     compiled = torch.compile(model, dynamic=True)
-    sizes = [(28, 28), (36, 44), (52, 20)]
-    result: dict[str, float | int | str] = {"model": args.model, "threads": torch.get_num_threads(),
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    result: dict[str, float | int | str] = {"model": args.model, "model_kwargs": json.dumps(args.model_kwargs),
+                                            "batch": args.batch, "threads": torch.get_num_threads(),
                                             "duck_shape": int(args.duck_shape)}
     diff = 0.0
     with torch.no_grad():
         for h, w in sizes:
-            x = torch.randn(4, chans, h, w)
+            x = torch.randn(args.batch, chans, h, w)
             start = time.perf_counter()
             y = compiled(x)
             result[f"s_at_{h}x{w}"] = round(time.perf_counter() - start, 1)
             result[f"graphs_after_{h}x{w}"] = counters["stats"]["unique_graphs"]
             diff = max(diff, (y - model(x)).abs().max().item())
-        x1 = torch.randn(4, chans, *sizes[0])
+        x1 = torch.randn(args.batch, chans, *sizes[0])
         result.update(max_diff=diff, eager_ms=round(_ms(model, x1), 1), compiled_ms=round(_ms(compiled, x1), 1))
     print("| " + " | ".join(result) + " |\n|" + "---|" * len(result) + "\n| "
           + " | ".join(str(v) for v in result.values()) + " |")

@@ -98,6 +98,23 @@ SMALL = {
     "acmix_san10": dict(layers=(1, 1, 1, 1, 1), kernels=(3, 7, 7, 7, 7), widths=(32, 32, 64, 64, 128), stem_chs=16),
     "acmix_resnet_tiny": dict(in_chans=3),
 }
+@pytest.mark.parametrize("combination", ["learned", "attention", "conv"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_autocast_output_is_the_autocast_dtype(family, combination):
+    """Under bf16 autocast every mixer returns bf16 in every mode: the float32 rates do not promote the sum
+    (docs/operator.md, "Autocast"); the rates' gradients stay float32."""
+    extra = {"acmix": True} if family in ("pvt", "san") else {}
+    module, args = FAMILIES[family](combination=combination, **extra)
+    module = randomize_(module.float(), seed=1)
+    args = tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(*args)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    if combination == "learned":
+        out.float().sum().backward()
+        assert module.rate1.grad.dtype == torch.float32 and torch.isfinite(module.rate1.grad).all()
+
+
 MODES = [dict(combination=c) for c in ("learned", "fixed", "attention", "conv")] + [
     dict(shift=s) for s in ("tensor", "fixed", "learnable")]
 

@@ -160,6 +160,7 @@ def test_fast_low_precision_and_autocast(backend):
     ref = acmix_reference(x.double(), make_layer((8, 16, 4, 7, 3, 2, 1, {}), seed=3).weights(), layer.config)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = acmix(x, layer.weights(), layer.config, backend=backend)
+    assert out.dtype == torch.bfloat16  # the autocast dtype, not float32 from the rates (docs/operator.md)
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all()
     assert _rel_err(out.float(), ref) < 0.03

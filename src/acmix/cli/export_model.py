@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 __all__ = ["add_parser", "main", "run"]
@@ -64,15 +65,17 @@ def run(args: argparse.Namespace) -> int:
     shapes = [shape, (args.batch + 1, chans, *args.check_size)]
     example = torch.randn(shape)
     if args.exported_program:
+        start = time.perf_counter()
         program = export_program(model, example)
         torch.export.save(program, args.exported_program)
-        print(f"wrote {args.exported_program} (torch.export, dynamic batch/H/W)")
+        print(f"wrote {args.exported_program} (torch.export, dynamic batch/H/W) in {time.perf_counter() - start:.0f} s")
         for r in check_program(model, program, shapes, rtol=args.rtol):
             print(f"  exported program vs PyTorch at {r}")
     if args.onnx:
+        start = time.perf_counter()
         export_onnx(model, example, args.onnx, dynamo=not args.legacy)
         kind = "legacy exporter, fixed H/W" if args.legacy else "dynamo exporter, dynamic batch/H/W"
-        print(f"wrote {args.onnx} ({kind})")
+        print(f"wrote {args.onnx} ({kind}) in {time.perf_counter() - start:.0f} s")
         for r in check_onnx(model, args.onnx, shapes[:1] if args.legacy else shapes, rtol=args.rtol):
             print(f"  onnxruntime vs PyTorch at {r}")
     return 0

@@ -143,9 +143,10 @@ class ConvPathMixer(nn.Module):
                           fc_bias=self.fc.bias)
 
     def combine(self, att: Tensor | None, conv: Tensor | None) -> Tensor:
-        """``rate1 * att + rate2 * conv``, or the one path the combination keeps (the other is None)."""
+        """``rate1 * att + rate2 * conv``, or the one path the combination keeps (the other is None); in the
+        paths' dtype, as :func:`acmix.ops.common.blend` (float32 rates do not promote an autocast output)."""
         if att is not None and conv is not None:
-            return self.rate1 * att + self.rate2 * conv
+            return (self.rate1 * att + self.rate2 * conv).to(torch.promote_types(att.dtype, conv.dtype))
         out = att if conv is None else conv
         if out is None:
             raise ValueError("combine needs the output of at least one path, got None for both")

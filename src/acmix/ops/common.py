@@ -182,8 +182,10 @@ def required(t: Tensor | None, name: str) -> Tensor:
 
 
 def blend(w: ACmixWeights, att: Tensor, conv: Tensor) -> Tensor:
-    """``rate_att * att + rate_conv * conv``: Stage II when both paths run."""
-    return required(w.rate_att, "rate_att") * att + required(w.rate_conv, "rate_conv") * conv
+    """``rate_att * att + rate_conv * conv``: Stage II when both paths run.  In the paths' dtype (docs/operator.md,
+    "Autocast"): under autocast the float32 rates would otherwise promote a bf16/fp16 layer's output to float32."""
+    out = required(w.rate_att, "rate_att") * att + required(w.rate_conv, "rate_conv") * conv
+    return out.to(torch.promote_types(att.dtype, conv.dtype))
 
 
 def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:
