@@ -24,10 +24,12 @@ def relative_position_index(wh: int, ww: int, window: int, device: torch.device 
     timm's ``get_relative_position_index`` sizes the table by the window itself; a map
     smaller than the window needs the full window's table, indexed here.
     """
-    ids = torch.arange(wh * ww, device=device)  # row-major positions; no flatten of a grid (a guard on 1-wide)
-    cols = tensor_if_symbolic(ww, ids)
-    ys, xs = ids // cols, ids % cols
-    return (ys[:, None] - ys[None, :] + window - 1) * (2 * window - 1) + xs[:, None] - xs[None, :] + window - 1
+    # the (wh, ww, wh, ww) offsets by broadcasting, then one reshape of that fresh tensor: flattening a meshgrid
+    # would ask whether an axis has size 1, and positions from ``// ww`` give inductor an index it cannot bound
+    ys, xs = torch.arange(wh, device=device), torch.arange(ww, device=device)
+    dy = ys[:, None, None, None] - ys[None, None, :, None] + window - 1
+    dx = xs[None, :, None, None] - xs[None, None, None, :] + window - 1
+    return (dy * (2 * window - 1) + dx).reshape(wh * ww, wh * ww)
 
 
 def axis_window(size: int, window: int, shift: int) -> tuple[int, int]:
