@@ -106,6 +106,10 @@ def test_sizes_features_and_pos_embed_resize():
         assert y.shape == (1, 3) and torch.isfinite(y).all()
     st = m.stages[3]
     assert torch.equal(st.position_embedding(st.grid), st.pos_embed)
+    # a traced graph resizes at every size (acmix_pvt.position_embedding): at the grid size that is the identity
+    for stage in m.stages:
+        img = torch.randn(1, stage.pos_embed.shape[-1], *stage.grid)
+        assert torch.equal(F.interpolate(img, size=stage.grid, mode="bilinear"), img)
     assert st.position_embedding((2, 3)).shape == (1, 1 + 6, 64)
     assert [f["reduction"] for f in m.feature_info] == [4, 8, 16, 32]
     feats = m.forward_intermediates(torch.randn(1, 3, 64, 96), intermediates_only=True)
