@@ -30,7 +30,7 @@ def test_tiled_path_matches_reference(case, monkeypatch):
     ref.load_state_dict(layer.state_dict())
     want = ref(x)
     g_want = torch.autograd.grad(want.square().sum(), [x, *ref.parameters()])
-    monkeypatch.setattr(fast, "_static", lambda *sizes: False)  # as under torch.export: tiled at every size
+    monkeypatch.setattr(fast, "static_sizes", lambda *sizes: False)  # as under torch.export: tiled at every size
     layer.backend = "eager"
     got = layer(x)
     g_got = torch.autograd.grad(got.square().sum(), [x, *layer.parameters()])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.common import packed, tensor_if_symbolic
+from ..ops.common import packed, static_sizes, tensor_if_symbolic
 
 __all__ = ["axis_window", "pad_roll", "relative_position_index", "shifted_window_mask", "unroll_crop"]
 
@@ -82,8 +82,6 @@ def unroll_crop(x: Tensor, dim: int, size: int, padded: int, shift: int) -> Tens
 
 
 def _static_identity(size: int, padded: int, shift: int) -> bool:
-    """True for plain ints outside a compiler's trace that need no padding and no shift: the gathers would
-    copy ``x`` unchanged.  Under ``torch.compile`` dynamo shows symbolic sizes as ints, and the comparison
-    would guard the graph on "no padding" (a recompile at the first size that needs some)."""
-    return (not torch.compiler.is_compiling() and all(type(v) is int for v in (size, padded, shift))
-            and size == padded and shift == 0)
+    """True for static sizes (:func:`acmix.ops.common.static_sizes`) that need no padding and no shift:
+    the gathers would copy ``x`` unchanged.  Traced, the comparison would guard the graph on "no padding"."""
+    return static_sizes(size, padded, shift) and size == padded and shift == 0

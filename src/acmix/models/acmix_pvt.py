@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from ..checkpoint_io import unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
-from ..ops.common import is_symbolic
+from ..ops.common import static_sizes
 from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
 from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
@@ -199,9 +199,9 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         p = self.proj.stride[0]
         h, w = x.shape[-2:]
-        # zero-pad the bottom / right (as the Swin and ResNet families), never crop; at symbolic sizes
-        # always (a zero-width pad), so that a traced graph is not specialised to multiples of the patch
-        if is_symbolic(h, w) or h % p or w % p:
+        # zero-pad the bottom / right (as the Swin and ResNet families), never crop; traced, always (maybe a
+        # zero-width pad), so that the graph is not specialised to multiples of the patch
+        if not static_sizes(h, w) or h % p or w % p:
             x = F.pad(x, (0, (-w) % p, 0, (-h) % p))
         x = self.proj(x)
         size = (x.shape[2], x.shape[3])
@@ -234,7 +234,7 @@ class PVTStage(nn.Module):
     def position_embedding(self, size: tuple[int, int]) -> Tensor:
         """The position embedding for an ``H x W`` map (bilinear resize of the stored grid)."""
         pos = self.pos_embed
-        if not is_symbolic(*size) and tuple(size) == tuple(self.grid):
+        if static_sizes(*size) and tuple(size) == tuple(self.grid):
             return pos  # a traced graph resizes at every size: bilinear to the grid's own size is the identity
         p = self.num_prefix_tokens
         grid = pos[:, p:].reshape(1, self.grid[0], self.grid[1], -1).permute(0, 3, 1, 2)

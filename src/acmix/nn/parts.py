@@ -19,7 +19,7 @@ from typing import TypedDict
 import torch
 from torch import Tensor, nn
 
-from ..ops.common import shift_kernel
+from ..ops.common import mix, shift_kernel
 from ..ops.config import Combination, ShiftMode, as_enum, check_bool, check_odd, check_positive, check_rates
 from ..ops.functional import shift_conv
 
@@ -143,10 +143,10 @@ class ConvPathMixer(nn.Module):
                           fc_bias=self.fc.bias)
 
     def combine(self, att: Tensor | None, conv: Tensor | None) -> Tensor:
-        """``rate1 * att + rate2 * conv``, or the one path the combination keeps (the other is None); in the
-        paths' dtype, as :func:`acmix.ops.common.blend` (float32 rates do not promote an autocast output)."""
+        """``rate1 * att + rate2 * conv`` (:func:`acmix.ops.common.mix`: in the paths' dtype under autocast),
+        or the one path the combination keeps (the other is None)."""
         if att is not None and conv is not None:
-            return (self.rate1 * att + self.rate2 * conv).to(torch.promote_types(att.dtype, conv.dtype))
+            return mix(self.rate1, self.rate2, att, conv)
         out = att if conv is None else conv
         if out is None:
             raise ValueError("combine needs the output of at least one path, got None for both")

@@ -15,7 +15,7 @@ __all__ = [
     "check_input",
     "check_weights",
     "data_dependent_ok",
-    "is_symbolic",
+    "mix",
     "packed",
     "position_grid",
     "reflect_index",
@@ -23,6 +23,7 @@ __all__ = [
     "reflect_positions",
     "required",
     "shift_kernel",
+    "static_sizes",
     "tensor_if_symbolic",
 ]
 
@@ -110,10 +111,15 @@ def reflect_pad(t: Tensor, pad: int) -> Tensor:
     return t.index_select(-2, ih).index_select(-1, iw)
 
 
-def is_symbolic(*sizes: int) -> bool:
-    """True if any size is a ``SymInt`` (``torch.export``, ``torch.compile(dynamic=True)``): a Python
-    branch on it would become a guard, and the traced graph would keep only the example's side."""
-    return any(isinstance(s, torch.SymInt) for s in sizes)
+def static_sizes(*sizes: int) -> bool:
+    """Whether ``sizes`` are plain ints outside a compiler's trace, so that a Python branch on them is free.
+
+    Otherwise (``torch.export``, ``torch.compile``; dynamo can show symbolic sizes as ints) a branch
+    becomes a guard and the traced graph keeps only the example's side: callers then take the form that
+    is exact at every size (the tiled attention, an always-run pad or resize, a copy), and ``lru_cache``d
+    helpers never see a ``SymInt``.
+    """
+    return not torch.compiler.is_compiling() and all(type(s) is int for s in sizes)
 
 
 def packed(x: Tensor) -> Tensor:
@@ -181,11 +187,15 @@ def required(t: Tensor | None, name: str) -> Tensor:
     return t
 
 
+def mix(rate_att: Tensor, rate_conv: Tensor, att: Tensor, conv: Tensor) -> Tensor:
+    """``rate_att * att + rate_conv * conv`` in the paths' dtype (docs/operator.md, "Autocast"): under
+    autocast the float32 rates would otherwise promote a bf16/fp16 layer's output to float32."""
+    return (rate_att * att + rate_conv * conv).to(torch.promote_types(att.dtype, conv.dtype))
+
+
 def blend(w: ACmixWeights, att: Tensor, conv: Tensor) -> Tensor:
-    """``rate_att * att + rate_conv * conv``: Stage II when both paths run.  In the paths' dtype (docs/operator.md,
-    "Autocast"): under autocast the float32 rates would otherwise promote a bf16/fp16 layer's output to float32."""
-    out = required(w.rate_att, "rate_att") * att + required(w.rate_conv, "rate_conv") * conv
-    return out.to(torch.promote_types(att.dtype, conv.dtype))
+    """Stage II when both paths run: :func:`mix` with the layer's rates."""
+    return mix(required(w.rate_att, "rate_att"), required(w.rate_conv, "rate_conv"), att, conv)
 
 
 def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:

@@ -46,6 +46,7 @@ from .common import (
     reflect_positions,
     required,
     shift_kernel,
+    static_sizes,
     tensor_if_symbolic,
 )
 from .config import ACmixConfig, Backend, ShiftMode
@@ -157,14 +158,6 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     return out.squeeze(1)[..., :ev]
 
 
-def _static(*sizes: int) -> bool:
-    """Export fix: whether the sizes are plain ints outside a compiler's trace.  Symbolic sizes
-    (``torch.export``, dynamic shapes) and every ``torch.compile`` trace (dynamo shows symbolic sizes
-    as ints) take the tiled path, which is exact at every size, so the graph holds no guard on H and
-    W, one graph serves every size, and the ``lru_cache``d helpers never see a ``SymInt``."""
-    return not torch.compiler.is_compiling() and all(type(s) is int for s in sizes)
-
-
 def dense_attention_fits(h: int, w: int, stride: int) -> bool:
     """Whether the eager path attends over the whole map (``log(multiplicity)`` bias) at this size."""
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
@@ -179,7 +172,7 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     forward at 512 channels, 7x7), from 14x14 on the kernel is as fast and needs
     half the memory (``benchmarks/op_bench.py``).
     """
-    return _static(h, w) and dense_attention_fits(h, w, cfg.stride) and h * w <= 64
+    return static_sizes(h, w) and dense_attention_fits(h, w, cfg.stride) and h * w <= 64
 
 
 def _halo_index(h: int, w: int, pad: int, tiles: tuple[int, int], step: int, halo: int,
@@ -249,7 +242,7 @@ def _attention_finite(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *, scal
         k = torch.cat([k, loc], 2)
     e = q.shape[2]
     key = (kernel, stride, dilation)
-    if _static(h, w) and dense_attention_fits(h, w, stride):
+    if static_sizes(h, w) and dense_attention_fits(h, w, stride):
         bias = _cached(_log_multiplicity, h, w, key, q.device, q.dtype)
         out = _sdpa(q.reshape(n, e, ho * wo).transpose(1, 2), k.reshape(n, e, h * w).transpose(1, 2),
                     v.reshape(n, hd, h * w).transpose(1, 2), bias)

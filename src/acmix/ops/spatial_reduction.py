@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import is_symbolic, packed, required
+from .common import packed, required, static_sizes
 
 __all__ = ["SRAWeights", "spatial_reduction_attention", "spatial_reduction_attention_reference",
            "sra_attend", "sra_project"]
@@ -102,7 +102,7 @@ def sra_project(x: Tensor, size: tuple[int, int], w: SRAWeights, *, heads: int, 
     q = F.linear(x, w.q_weight, w.q_bias)
     if sr_ratio > 1:
         xr = x.transpose(1, 2).reshape(b, c, size[0], size[1])  # a channels-last view for B > 1
-        if is_symbolic(b, *size):  # the conv's memory format would be chosen (and guarded) on B == 1
+        if not static_sizes(b, *size):  # traced, the conv's memory format would be chosen (and guarded) on B == 1
             xr = packed(xr)
         xr = F.conv2d(xr, required(w.sr_weight, "sr_weight"), w.sr_bias, stride=sr_ratio).flatten(2).transpose(1, 2)
         xr = F.layer_norm(xr, (c,), w.norm_weight, w.norm_bias, eps)
