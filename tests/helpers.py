@@ -74,3 +74,41 @@ def input_gradient(model: torch.nn.Module, height: int, width: int) -> torch.Ten
 
 
 __all__ = ["CASES", "CASE_IDS", "GRID", "input_gradient", "make_layer", "randomize_"]
+
+SM90_SHARED = 227 * 1024  # shared memory one H100/H200 block may use (bytes)
+
+
+def compile_for_sm90(kernel, pointers: dict[str, str], constants: dict, num_warps: int = 4):
+    """``kernel`` (a ``triton.jit`` function, or an autotuned/heuristics wrapper of one) built for an H100/H200
+    (sm_90) through Triton's whole pipeline, with no GPU: ``pointers`` maps pointer arguments to Triton types
+    (``"*bf16"``), ``constants`` the constexprs; other arguments are ``i32``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn
+    signature = {name: pointers.get(name, "constexpr" if name in constants else "i32") for name in kernel.arg_names}
+    return triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps})
+
+
+def sm90_resources(compiled) -> dict[str, int]:
+    """Registers per thread, spilled bytes per thread (stack + local memory) and shared memory of a
+    :func:`compile_for_sm90` kernel, read from its cubin by the ``cuobjdump`` Triton ships."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+    assert found, usage
+    return {"registers": int(found[1]), "spilled": int(found[2]) + int(found[3]), "shared": compiled.metadata.shared}

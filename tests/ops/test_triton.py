@@ -15,7 +15,7 @@ import torch
 from acmix.ops import Backend, acmix, acmix_reference, position_grid, reflect_index
 from acmix.ops import triton_attention as ta
 from acmix.ops.fast import attention_eager
-from helpers import make_layer
+from helpers import SM90_SHARED, compile_for_sm90, make_layer, sm90_resources
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 CUDA = torch.device("cuda")
@@ -318,10 +318,10 @@ def test_cuda_gradcheck_and_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-def test_autotune_prunes_tiles_over_shared_memory_or_the_map(monkeypatch):
-    """The GPU configs kept on a first call: no tile whose k/v operand overflows shared memory (kernel 7,
-    stride 2, head dim 128 in bf16 needs 272 KiB at 8x8), none larger than a small map needs; one config
-    (nothing benchmarked) with ``ACMIX_AUTOTUNE=0``."""
+def test_autotune_prunes_tiles_over_registers_shared_memory_or_the_map(monkeypatch):
+    """The GPU configs kept on a first call: no tile with more logits than the registers hold (8x8 at kernel 7),
+    none whose k/v operand overflows shared memory (then the smallest tile), none larger than a small map
+    needs; one config (nothing benchmarked) with ``ACMIX_AUTOTUNE=0``."""
     monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
     mod = ta._kernels(False)
     configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in mod.QUERY_TILES]
@@ -330,21 +330,91 @@ def test_autotune_prunes_tiles_over_shared_memory_or_the_map(monkeypatch):
     def kept(hd, dtype, ho, wo, ka=7, s=2, dil=1):
         q = torch.empty(0, dtype=dtype)
         cfgs = prune(configs, {"q_ptr": q, "H": ho * s, "W": wo * s, "HO": ho, "WO": wo},
-                     KA=ka, S=s, DIL=dil, BLOCK_D=max(16, hd))
+                     KA=ka, S=s, DIL=dil, BLOCK_D=max(32, hd))
         return [(c.kwargs["TH"], c.kwargs["TW"], c.num_warps) for c in cfgs]
 
-    assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
-    assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
-    assert kept(64, torch.float32, 28, 28) == [(4, 4, 4)]
-    assert kept(32, torch.bfloat16, 56, 56, ka=3, s=1) == mod.QUERY_TILES
-    assert kept(32, torch.bfloat16, 7, 7, ka=3, s=1) == [(8, 8, 4), (8, 8, 8), (4, 8, 4), (4, 4, 4)]
-    assert kept(32, torch.bfloat16, 3, 3, ka=3, s=1) == [(4, 4, 4)]
+    small = [(4, 4, 8), (2, 8, 8), (4, 4, 4)]
+    assert kept(64, torch.bfloat16, 28, 28) == small  # 8x8: 64 x 512 logits at stride 2
+    assert kept(32, torch.bfloat16, 28, 28, s=1) == small  # and 64 x 256 at stride 1
+    assert kept(128, torch.float32, 28, 28) == [(4, 4, 8)]  # every k/v tile over 64 KiB: the smallest
+    assert kept(32, torch.bfloat16, 56, 56, ka=3, s=1) == mod.QUERY_TILES  # 8x8 of kernel 3: 64 x 128
+    assert kept(32, torch.bfloat16, 3, 3, ka=3, s=1) == small  # 8x8 covers 3x3 in one program, as 4x4 does
     key = mod._prune(mod._key_heuristics, mod._key_extent)
     assert len(key(configs, {"q_ptr": torch.empty(0), "H": 56, "W": 56, "HO": 56, "WO": 56},
                    KA=3, S=1, DIL=1, BLOCK_D=32)) == len(configs)
     monkeypatch.setenv("ACMIX_AUTOTUNE", "0")
-    assert kept(64, torch.bfloat16, 28, 28) == [(8, 8, 4)]
-    assert kept(128, torch.bfloat16, 28, 28) == [(4, 4, 4)]
+    assert kept(64, torch.bfloat16, 28, 28) == [(4, 4, 8)]
+    assert kept(128, torch.float32, 28, 28) == [(4, 4, 8)]
+
+
+_ACC_POINTERS = {"lse_ptr", "delta_ptr", "scale_ptr", "ra_ptr", "rc_ptr", "dk_ptr", "dv_ptr"}
+_TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def _tiles_for_sm90(name, dtype, ka, s, hd, size):
+    """The tiles the autotuner keeps for ``name`` at this geometry (only the first with ``ACMIX_AUTOTUNE=0``),
+    and the constexprs of a GPU launch (those of ``ta._launch_args``, the tile's heuristics)."""
+    mod = ta._kernels(False)
+    k = torch.empty(2, 4, hd, size, size, dtype=dtype, device="meta")
+    r = torch.empty(2, 4, 2, (size - 1) // s + 1, (size - 1) // s + 1, dtype=dtype, device="meta")
+    _, (_, _, h, w, ho, wo), meta = ta._launch_args(k, r, k, k, ka, s, 1, interpret=False)
+    key_side = name == "attention_bwd_key"
+    heuristics, extent = ((mod._key_heuristics, mod._key_extent) if key_side
+                          else (mod._query_heuristics, mod._query_extent))
+    configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw)
+               for th, tw, nw in (mod.KEY_TILES if key_side else mod.QUERY_TILES)]
+    kept = mod._prune(heuristics, extent)(configs, {"q_ptr": k, "H": h, "W": w, "HO": ho, "WO": wo}, **meta)
+    for cfg in kept:
+        constants = {**meta, **cfg.kwargs, **heuristics({**meta, **cfg.kwargs})}
+        if name == "attention_fwd":
+            constants["MIX"] = True  # the layer's path: the rates in the epilogue
+        yield cfg, constants
+
+
+def _sm90_build(name, dtype, constants, num_warps):
+    kernel = getattr(ta._kernels(False), name)
+    acc = "fp64" if dtype == torch.float64 else "fp32"
+    pointers = {arg: "*" + (acc if arg in _ACC_POINTERS else _TRITON_TYPES[dtype])
+                for arg in kernel.fn.fn.arg_names if arg.endswith("_ptr")}
+    return sm90_resources(compile_for_sm90(kernel, pointers, constants, num_warps))
+
+
+# The window attention of acmix_resnet50's stages (kernel 7, 4 heads: head dims 16 to 128; stride 2 where a
+# stage starts) and a kernel-3 layer
+RESNET50_GEOMETRIES = [(7, 1, 16, 56), (7, 1, 32, 28), (7, 1, 64, 14), (7, 1, 128, 7),
+                       (7, 2, 32, 56), (7, 2, 64, 28), (7, 2, 128, 14), (3, 1, 32, 28)]
+_SM90_KERNELS = ["attention_fwd", "attention_bwd_query", "attention_bwd_key"]
+
+
+def _assert_sm90_tiles(name, dtype, ka, s, hd, size, every_kept):
+    for cfg, constants in itertools.islice(_tiles_for_sm90(name, dtype, ka, s, hd, size), None if every_kept else 1):
+        used = _sm90_build(name, dtype, constants, cfg.num_warps)
+        assert used["shared"] <= SM90_SHARED, (cfg, used)
+        if dtype in (torch.bfloat16, torch.float16) and not every_kept:  # the training dtypes' default tile
+            assert used["spilled"] == 0, (cfg, used)
+
+
+@pytest.mark.parametrize("name", _SM90_KERNELS)
+def test_default_tile_builds_for_sm90_without_spills(name, monkeypatch):
+    """Without a GPU, the tile used when nothing is measured goes through Triton's whole pipeline to an sm_90
+    binary (stage 1 of acmix_resnet50, bf16): within shared memory, and no register spills (8x8 tiles
+    spilled 0.3-4 KiB per thread)."""
+    pytest.importorskip("triton.backends.nvidia")
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "0")
+    _assert_sm90_tiles(name, torch.bfloat16, 7, 1, 16, 56, every_kept=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _SM90_KERNELS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("geometry", RESNET50_GEOMETRIES, ids=str)
+@pytest.mark.parametrize("every_kept", [False, True], ids=["default", "autotuned"])
+def test_tiles_build_for_sm90(name, dtype, geometry, every_kept, monkeypatch):
+    """Every tile the autotuner may try builds for sm_90 within shared memory; the default one also spills
+    nothing in bf16/fp16 (float32's three-product dots do spill a few hundred bytes at large head dims)."""
+    pytest.importorskip("triton.backends.nvidia")
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1" if every_kept else "0")
+    _assert_sm90_tiles(name, dtype, *geometry, every_kept=every_kept)
 
 
 def test_layer_under_autocast_mixes_dtypes(interp):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from acmix.ops.patchwise import patchwise_aggregation, patchwise_aggregation_reference
+from helpers import SM90_SHARED, compile_for_sm90, sm90_resources
 
 triton_patchwise = pytest.importorskip("acmix.ops.triton_patchwise")
 pytestmark = pytest.mark.skipif(triton_patchwise.triton is None, reason="needs Triton")
@@ -167,23 +168,20 @@ def test_custom_op_registration(device):
 
 
 def test_kernels_compile_for_an_nvidia_target():
-    """Without a GPU, the compiled (not interpreted) kernels still go through Triton's whole pipeline to PTX."""
+    """Without a GPU, the compiled (not interpreted) kernels still go through Triton's whole pipeline to an
+    sm_90 binary, within shared memory and without spilling registers."""
     pytest.importorskip("triton.backends.nvidia")
-    triton, tl = triton_patchwise.triton, triton_patchwise.tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    tl = triton_patchwise.tl
     window, value_grad = triton_patchwise._kernels(interpret=False)
     launches = [(window, dict(v_ptr="*bf16", a_ptr="*fp32", out_ptr="*fp32"), dict(GRAD_WEIGHT=False)),
                 (window, dict(v_ptr="*fp16", a_ptr="*fp16", out_ptr="*fp32"), dict(GRAD_WEIGHT=True)),
                 (value_grad, dict(g_ptr="*fp32", w_ptr="*fp32", out_ptr="*bf16", tab_h_ptr="*i32", n_h_ptr="*i32",
                                   tab_w_ptr="*i32", n_w_ptr="*i32"), {})]
     for kernel, pointers, flags in launches:
-        constants = dict(K=7, ACC=tl.float32, BLOCK_C=16, BLOCK_P=64, **flags)
-        signature = {name: pointers.get(name, "constexpr" if name in constants else "i32")
-                     for name in kernel.arg_names}
-        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32))
+        compiled = compile_for_sm90(kernel, pointers, dict(K=7, ACC=tl.float32, BLOCK_C=16, BLOCK_P=64, **flags))
         assert ".entry" in compiled.asm["ptx"]
+        used = sm90_resources(compiled)
+        assert used["spilled"] == 0 and used["shared"] <= SM90_SHARED, used
 
 
 @CUDA

@@ -127,7 +127,9 @@ def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int,
             # float32 on the GPU: three TF32 products per dot (float32-level error, tensor cores); the
             # plain "ieee" float32 dot runs on FMA units and takes minutes to compile at these tile sizes
             "PREC": "tf32x3" if q.dtype == torch.float32 and not interpret else "ieee",
-            "BLOCK_D": max(16, 1 << (hd - 1).bit_length())}
+            # tl.dot needs 16; at 16, sm_90 builds of the default tile used 195-255 registers and spilled in
+            # the backward, at 32 none spilled with 80-136 registers (tests/ops/test_triton.py)
+            "BLOCK_D": max(32, 1 << (hd - 1).bit_length())}
     return strides, (heads, hd, h, w, ho, wo), meta
 
 
