@@ -39,6 +39,18 @@ def test_triton_refused_where_it_cannot_run(monkeypatch):
         resolve_backend(torch.randn(1, 4, 5, 5), ACmixConfig(4, 8), "triton")
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_triton_only_where_its_tiles_fit():
+    """float64 at head dim 128: the kernels' smallest tile overflows shared memory, so AUTO takes the eager
+    path and an explicit request is refused in one line; head dim 64 runs the kernels."""
+    x = torch.randn(1, 8, 9, 9, device="cuda", dtype=torch.float64)
+    assert resolve_backend(x, ACmixConfig(8, 256, heads=2)) is Backend.EAGER
+    with pytest.raises(ValueError, match="head dim 128"):
+        resolve_backend(x, ACmixConfig(8, 256, heads=2), "triton")
+    assert resolve_backend(x, ACmixConfig(8, 128, heads=2)) is Backend.TRITON
+
+
 @pytest.mark.skipif(not native.available(), reason="no C++ compiler: only one CPU path")
 def test_auto_measures_once_and_remembers(tuning, monkeypatch):
     layer = make_layer((4, 8, 4, 7, 3, 1, 1, {}), dtype=torch.float32)

@@ -57,12 +57,14 @@ def _kernel_fits(x: Tensor) -> bool:
     return native.fits(x) and data_dependent_ok()
 
 
-def _triton_fits(x: Tensor) -> bool:
+def _triton_fits(x: Tensor, cfg: ACmixConfig) -> bool:
     if not data_dependent_ok() or x.shape[0] == 0:  # an empty batch: no kernel launch, the eager path
         return False
     from . import triton_attention  # imports only the standard library; triton loads on the first launch
 
-    return triton_attention.available(x)
+    return triton_attention.available(x) and (
+        triton_attention.interpret_on(x)
+        or triton_attention.fits(x.dtype, cfg.head_dim, cfg.kernel_att, cfg.stride, cfg.dilation))
 
 
 def _training(x: Tensor, w: ACmixWeights) -> bool:
@@ -102,7 +104,7 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
     """The implementation a call with this input would use (``weights`` allow measuring under ``AUTO``)."""
     chosen = as_enum(Backend, backend, "backend") if backend is not None else _default()
     if chosen is Backend.AUTO:
-        if cfg.has_attention and x.device.type == "cuda" and _triton_fits(x):  # the interpreter only on request
+        if cfg.has_attention and x.device.type == "cuda" and _triton_fits(x, cfg):  # the interpreter only on request
             return Backend.TRITON
         if not (_kernel_fits(x) and native.available()):
             return Backend.EAGER
@@ -116,9 +118,10 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
         if not native.available():
             raise RuntimeError("backend='cpu_kernel' requested but the C++ kernel could not be built; "
                                "use backend='eager'")
-    if chosen is Backend.TRITON and not _triton_fits(x):
+    if chosen is Backend.TRITON and not _triton_fits(x, cfg):
         raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
-                         f"tensors), got a tensor on {x.device}")
+                         f"tensors) whose head dim fits its tiles, got {x.dtype} on {x.device}, head dim "
+                         f"{cfg.head_dim}")
     return chosen
 
 

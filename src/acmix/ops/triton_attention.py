@@ -63,11 +63,73 @@ from torch import Tensor
 
 from .common import required
 
-__all__ = ["available", "interpreting", "window_attention_triton"]
+__all__ = ["available", "fits", "interpreting", "window_attention_triton"]
 
 _KERNELS = Path(__file__).with_name("triton_kernels.py")
 _lock = threading.Lock()
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# The tiles (pure Python, so that whether a shape fits is known without importing Triton).
+# most (query, key) logits one program holds; larger tiles are pruned.  Registers, not shared memory, bound
+# the tile: compiled for sm_90 (cuobjdump's resource usage), an 8x8 tile of kernel 7 (64 x 256 logits) used
+# all 255 registers and spilled 0.3-4 KiB per thread in every kernel and head dim, 4x8 (8,192) spilled up to
+# 17 KiB, while 4x4 and 2x8 (2,048) at 8 warps spill nothing in bf16/fp16 (tests/ops/test_triton.py)
+MAX_LOGITS = 8192
+# largest (rows x head dim) operand tile in bytes, for registers and shared memory alike (sm_90 builds, kernel 7
+# at stride 2: 128 KiB tiles needed 272 KiB of shared memory, over the H100/H200 limit of 227 KiB; 64 KiB ones
+# (bf16, head dim 128) fit it but spilled 208-376 bytes of registers, while the 32 KiB 4x2 tile spilled none)
+MAX_TILE_BYTES = 32768
+# the largest k/v operand tile whose program fits the shared memory of an sm_90 block (227 KiB): 64 KiB ones
+# took 136-147 KiB, 128 KiB ones 272-288 KiB.  The smallest tile over it (float64 at head dims over 64) does not run.
+SHARED_TILE_BYTES = 65536
+# (TH, TW, num_warps); the first one kept is the one compiled when nothing is measured (ACMIX_AUTOTUNE=0).
+# 8 warps beat 4 on registers at these tiles; 8x8 survives the pruning only for small kernels or the key side.
+QUERY_TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8), (4, 2, 8)]
+KEY_TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8), (4, 2, 8)]
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def block_d(head_dim: int) -> int:
+    """The head dim inside the kernels: a power of two, at least 32 (``tl.dot`` needs 16; at 16, sm_90 builds
+    of the default tile used 195-255 registers and spilled in the backward, at 32 none spilled with 80-136)."""
+    return max(32, _pow2(head_dim))
+
+
+def _halo(tile: int, stride: int, extent: int) -> int:
+    """Padded-grid rows that ``tile`` consecutive output rows read: ``stride*(tile-1) + extent + 1``."""
+    return stride * (tile - 1) + extent + 1
+
+
+def _span(tile: int, stride: int, extent: int) -> int:
+    """Most output rows whose windows touch ``tile`` consecutive padded rows."""
+    return (tile - 1 + extent) // stride + 1
+
+
+def query_heuristics(args: dict[str, Any]) -> dict[str, int]:
+    """Halo width and block sizes of a query-side tile (``TH``, ``TW``, ``KA``, ``S``, ``DIL`` in ``args``)."""
+    e = args["DIL"] * (args["KA"] - 1)
+    hh, hw = _halo(args["TH"], args["S"], e), _halo(args["TW"], args["S"], e)
+    return {"HALO_W": hw, "BLOCK_K": _pow2(hh * hw), "BLOCK_Q": _pow2(args["TH"] * args["TW"])}
+
+
+def key_heuristics(args: dict[str, Any]) -> dict[str, int]:
+    """Query-span width and block sizes of a key-side tile of the padded grid."""
+    e = args["DIL"] * (args["KA"] - 1)
+    qh, qw = _span(args["TH"], args["S"], e), _span(args["TW"], args["S"], e)
+    return {"SPAN_W": qw, "BLOCK_Q": _pow2(qh * qw), "BLOCK_K": _pow2(args["TH"] * args["TW"])}
+
+
+def fits(dtype: torch.dtype, head_dim: int, kernel: int, stride: int, dilation: int) -> bool:
+    """Whether the compiled kernels run this geometry: the smallest tile's k/v operands, on the query and the
+    key side, within :data:`SHARED_TILE_BYTES` (the interpreter has no such limit)."""
+    th, tw, _ = min(QUERY_TILES, key=lambda tile: tile[0] * tile[1])
+    args = {"TH": th, "TW": tw, "KA": kernel, "S": stride, "DIL": dilation}
+    rows = max(max(h["BLOCK_K"], h["BLOCK_Q"]) for h in (query_heuristics(args), key_heuristics(args)))
+    return rows * block_d(head_dim) * dtype.itemsize <= SHARED_TILE_BYTES
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None  # a constant: torch.compile traces through it
@@ -76,6 +138,11 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None  # a constant: torc
 def interpreting() -> bool:
     """Whether CPU tensors run the kernels through Triton's interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def interpret_on(x: Tensor) -> bool:
+    """Whether the kernels run on ``x`` through the interpreter (a CPU tensor, or ``TRITON_INTERPRET=1``)."""
+    return x.device.type != "cuda" or interpreting()
 
 
 def available(x: Tensor) -> bool:
@@ -127,9 +194,7 @@ def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int,
             # float32 on the GPU: three TF32 products per dot (float32-level error, tensor cores); the
             # plain "ieee" float32 dot runs on FMA units and takes minutes to compile at these tile sizes
             "PREC": "tf32x3" if q.dtype == torch.float32 and not interpret else "ieee",
-            # tl.dot needs 16; at 16, sm_90 builds of the default tile used 195-255 registers and spilled in
-            # the backward, at 32 none spilled with 80-136 registers (tests/ops/test_triton.py)
-            "BLOCK_D": max(32, 1 << (hd - 1).bit_length())}
+            "BLOCK_D": block_d(hd)}
     return strides, (heads, hd, h, w, ho, wo), meta
 
 
@@ -146,7 +211,7 @@ def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
 @torch.library.custom_op("acmix::window_attention_triton", mutates_args=())
 def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | None, rate_att: Tensor | None,
              rate_conv: Tensor | None, scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor]:
-    interpret = q.device.type != "cuda" or interpreting()
+    interpret = interpret_on(q)
     mod = _kernels(interpret)
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
     heads, hd, _, _, ho, wo = sizes
@@ -201,7 +266,7 @@ def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
 def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor,
                  rate_att: Tensor | None, scale: float, kernel: int, stride: int,
                  dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    interpret = q.device.type != "cuda" or interpreting()
+    interpret = interpret_on(q)
     mod = _kernels(interpret)
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
     heads, hd, h, w, ho, wo = sizes
@@ -303,6 +368,10 @@ def window_attention_triton(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, *
     if not available(k):
         raise RuntimeError(f"acmix: the Triton attention cannot run on a {k.device.type} {k.dtype} tensor "
                            "(needs Triton and CUDA, or TRITON_INTERPRET=1 for CPU tensors)")
+    if not interpret_on(k) and not fits(k.dtype, hd, kernel, stride, dilation):
+        raise ValueError(f"acmix: the Triton attention cannot run head dim {hd} in {k.dtype} at kernel {kernel}, "
+                         f"stride {stride}, dilation {dilation} (its smallest tile overflows shared memory); use "
+                         "backend='eager'")
     if r is not None:
         r = r.to(q.dtype)
     out: Tensor = _forward(q, r, k, v, conv, rate_att, rate_conv, float(scale), kernel, stride, dilation)[0]

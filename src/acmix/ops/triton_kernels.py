@@ -17,44 +17,13 @@ import triton
 import triton.language as tl
 
 from acmix.ops.autotune import enabled as _measuring
+from acmix.ops.triton_attention import KEY_TILES, MAX_LOGITS, MAX_TILE_BYTES, QUERY_TILES
+from acmix.ops.triton_attention import key_heuristics as _key_heuristics
+from acmix.ops.triton_attention import query_heuristics as _query_heuristics
 
 # ``triton.knobs`` (Triton >= 3.4) reads the variable; older releases read it themselves when decorating
 _KNOB = getattr(getattr(getattr(triton, "knobs", None), "runtime", None), "interpret", None)
 INTERPRET = bool(_KNOB) if _KNOB is not None else os.environ.get("TRITON_INTERPRET", "0") == "1"
-# most (query, key) logits one program holds; larger tiles are pruned.  Registers, not shared memory, bound
-# the tile: compiled for sm_90 (cuobjdump's resource usage), an 8x8 tile of kernel 7 (64 x 256 logits) used
-# all 255 registers and spilled 0.3-4 KiB per thread in every kernel and head dim, 4x8 (8,192) spilled up to
-# 17 KiB, while 4x4 and 2x8 (2,048) at 8 warps spill nothing in bf16/fp16 (tests/ops/test_triton.py)
-MAX_LOGITS = 8192
-# largest (rows x head dim) operand tile in bytes: shared memory is about twice that (sm_90 compiles, k = 7,
-# stride 2: 128 KiB tiles needed 272 KiB, over the H100/H200 limit of 227 KiB; 64 KiB ones 136 KiB)
-MAX_TILE_BYTES = 65536
-
-
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
-def _halo(tile: int, stride: int, extent: int) -> int:
-    """Padded-grid rows that ``tile`` consecutive output rows read: ``stride*(tile-1) + extent + 1``."""
-    return stride * (tile - 1) + extent + 1
-
-
-def _span(tile: int, stride: int, extent: int) -> int:
-    """Most output rows whose windows touch ``tile`` consecutive padded rows."""
-    return (tile - 1 + extent) // stride + 1
-
-
-def _query_heuristics(args):
-    e = args["DIL"] * (args["KA"] - 1)
-    hh, hw = _halo(args["TH"], args["S"], e), _halo(args["TW"], args["S"], e)
-    return {"HALO_W": hw, "BLOCK_K": _pow2(hh * hw), "BLOCK_Q": _pow2(args["TH"] * args["TW"])}
-
-
-def _key_heuristics(args):
-    e = args["DIL"] * (args["KA"] - 1)
-    qh, qw = _span(args["TH"], args["S"], e), _span(args["TW"], args["S"], e)
-    return {"SPAN_W": qw, "BLOCK_Q": _pow2(qh * qw), "BLOCK_K": _pow2(args["TH"] * args["TW"])}
 
 
 def _each(heuristics, *names):
@@ -106,10 +75,6 @@ def _configs(tiles, interpreted):
     return [triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in tiles]
 
 
-# (TH, TW, num_warps); the first one kept is the one compiled when nothing is measured (ACMIX_AUTOTUNE=0).
-# 8 warps beat 4 on registers at these tiles; 8x8 survives the pruning only for small kernels or the key side.
-QUERY_TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8)]
-KEY_TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8)]
 AUTOTUNE_KEY = ["H", "W", "HO", "WO", "HD", "KA", "S", "DIL"]
 
 
