@@ -76,6 +76,10 @@ part "model_bench cuda bf16" "$MODEL_S" "$PYTHON" benchmarks/model_bench.py --de
     --json "$RESULTS/model_bench_cuda.json"
 # Tab. 1 on the GPU: Stage I's share of the measured time (the MACs do not depend on the device)
 part "paper stage-costs cuda" 60 "$PYTHON" -m acmix paper stage-costs --device cuda --out "$RESULTS/stage_costs_cuda"
+# the attention kernels' registers and spills as this machine's Triton builds them (the README's table is sm_90
+# builds on a CPU machine, with another Triton)
+part "kernel resources" 60 "$PYTHON" benchmarks/kernel_resources.py --target device --dtype bfloat16 \
+    --json "$RESULTS/kernel_resources_cuda.json"
 # float32 last: its tf32x3 kernels compile slowest, and the bf16 figures are the ones training uses
 part "op_bench cuda fp32" "$OP_S" "$PYTHON" benchmarks/op_bench.py --device cuda --dtype float32 --batch 32 \
     --rounds 3 --no-unfold --json "$RESULTS/op_bench_cuda_fp32.json"

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 
 import pytest
 import torch
 
+from acmix.analysis import kernel_resources as kr
 from acmix.ops import Backend, acmix, acmix_reference, position_grid, reflect_index
 from acmix.ops import triton_attention as ta
 from acmix.ops.fast import attention_eager
-from helpers import SM90_SHARED, compile_for_sm90, make_layer, sm90_resources
+from helpers import make_layer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 CUDA = torch.device("cuda")
@@ -349,84 +351,47 @@ def test_autotune_prunes_tiles_over_registers_shared_memory_or_the_map(monkeypat
     assert kept(128, torch.bfloat16, 14, 14) == [(4, 2, 8)]
 
 
-_ACC_POINTERS = {"lse_ptr", "delta_ptr", "scale_ptr", "ra_ptr", "rc_ptr", "dk_ptr", "dv_ptr"}
-_TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
-
-
-def _tiles_for_sm90(name, dtype, ka, s, hd, size, prune=True):
-    """The tiles the autotuner keeps for ``name`` at this geometry (only the first with ``ACMIX_AUTOTUNE=0``;
-    every tile without ``prune``), and the constexprs of a GPU launch (``ta._launch_args``', the tile's
-    heuristics)."""
-    mod = ta._kernels(False)
-    k = torch.empty(2, 4, hd, size, size, dtype=dtype, device="meta")
-    r = torch.empty(2, 4, 2, (size - 1) // s + 1, (size - 1) // s + 1, dtype=dtype, device="meta")
-    _, (_, _, h, w, ho, wo), meta = ta._launch_args(k, r, k, k, ka, s, 1, interpret=False)
-    key_side = name == "attention_bwd_key"
-    heuristics, extent = ((mod._key_heuristics, mod._key_extent) if key_side
-                          else (mod._query_heuristics, mod._query_extent))
-    configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw)
-               for th, tw, nw in (mod.KEY_TILES if key_side else mod.QUERY_TILES)]
-    kept = (mod._prune(heuristics, extent)(configs, {"q_ptr": k, "H": h, "W": w, "HO": ho, "WO": wo}, **meta)
-            if prune else configs)
-    for cfg in kept:
-        constants = {**meta, **cfg.kwargs, **heuristics({**meta, **cfg.kwargs})}
-        if name == "attention_fwd":
-            constants["MIX"] = True  # the layer's path: the rates in the epilogue
-        yield cfg, constants
-
-
-def _sm90_build(name, dtype, constants, num_warps):
-    kernel = getattr(ta._kernels(False), name)
-    acc = "fp64" if dtype == torch.float64 else "fp32"
-    pointers = {arg: "*" + (acc if arg in _ACC_POINTERS else _TRITON_TYPES[dtype])
-                for arg in kernel.fn.fn.arg_names if arg.endswith("_ptr")}
-    return sm90_resources(compile_for_sm90(kernel, pointers, constants, num_warps))
-
-
-# The window attention of acmix_resnet50's stages (kernel 7, 4 heads: head dims 16 to 128; stride 2 where a
-# stage starts) and a kernel-3 layer
-RESNET50_GEOMETRIES = [(7, 1, 16, 56), (7, 1, 32, 28), (7, 1, 64, 14), (7, 1, 128, 7),
-                       (7, 2, 32, 56), (7, 2, 64, 28), (7, 2, 128, 14), (3, 1, 32, 28)]
-_SM90_KERNELS = ["attention_fwd", "attention_bwd_query", "attention_bwd_key"]
-
-
 def _assert_sm90_tiles(name, dtype, ka, s, hd, size, every_kept):
     if not ta.fits(dtype, hd, ka, s, 1):
         pytest.skip("outside ta.fits: never launched (test_fits_matches_sm90_builds)")
-    for cfg, constants in itertools.islice(_tiles_for_sm90(name, dtype, ka, s, hd, size), None if every_kept else 1):
-        used = _sm90_build(name, dtype, constants, cfg.num_warps)
-        assert used["shared"] <= SM90_SHARED, (cfg, used)
+    for cfg, constants in kr.launch_tiles(name, dtype, ka, s, hd, size, every_tile=every_kept):
+        used = kr.build_tile(name, dtype, cfg, constants)
+        assert used["shared"] <= kr.SM90_SHARED, (cfg, used)
         if dtype in (torch.bfloat16, torch.float16) and not every_kept:  # the training dtypes' default tile
             assert used["spilled"] <= 8, (cfg, used)  # at most two registers (fp16, stride 2, key side: 8 bytes)
 
 
-@pytest.mark.parametrize("name", _SM90_KERNELS)
-def test_default_tile_builds_for_sm90_without_spills(name, monkeypatch):
+def test_default_tiles_build_for_sm90_without_spills(tmp_path, monkeypatch, capsys):
     """Without a GPU, the tile used when nothing is measured goes through Triton's whole pipeline to an sm_90
-    binary (stage 1 of acmix_resnet50, bf16): within shared memory, and no register spills (at most 8 bytes in
-    any bf16/fp16 shape of the slow sweep; 8x8 tiles spilled 0.3-4 KiB per thread)."""
+    binary (``benchmarks/kernel_resources.py`` at stage 1 of acmix_resnet50, bf16): within shared memory and
+    without register spills (8x8 tiles spilled 0.3-4 KiB per thread).  The slow sweep allows 8 bytes in any
+    bf16/fp16 shape."""
     pytest.importorskip("triton.backends.nvidia")
-    monkeypatch.setenv("ACMIX_AUTOTUNE", "0")
-    _assert_sm90_tiles(name, torch.bfloat16, 7, 1, 16, 56, every_kept=False)
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")  # the table shows the default tile whatever the environment
+    monkeypatch.setattr(kr, "RESNET50_GEOMETRIES", kr.RESNET50_GEOMETRIES[:1])
+    kr.main(["--dtype", "bfloat16", "--json", str(tmp_path / "r.json")])
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["op"], r["tile"]) for r in rows] == [("fwd", "4x4/8w"), ("bwd_query", "4x4/8w"), ("bwd_key", "4x4/8w")]
+    assert all(r["spilled"] == 0 and r["shared"] <= kr.SM90_SHARED for r in rows), rows
+    assert "| bfloat16 | 7 | 1 | 16 | 56x56 | bwd_key | 4x4/8w |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _SM90_KERNELS)
+@pytest.mark.parametrize("name", kr.KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("geometry", RESNET50_GEOMETRIES, ids=str)
+@pytest.mark.parametrize("geometry", kr.RESNET50_GEOMETRIES, ids=str)
 @pytest.mark.parametrize("every_kept", [False, True], ids=["default", "autotuned"])
-def test_tiles_build_for_sm90(name, dtype, geometry, every_kept, monkeypatch):
+def test_tiles_build_for_sm90(name, dtype, geometry, every_kept):
     """Every tile the autotuner may try builds for sm_90 within shared memory; the default one also spills
-    nothing in bf16/fp16 (float32's three-product dots do spill a few hundred bytes at large head dims)."""
+    (next to) nothing in bf16/fp16 (float32's three-product dots do spill at large head dims)."""
     pytest.importorskip("triton.backends.nvidia")
-    monkeypatch.setenv("ACMIX_AUTOTUNE", "1" if every_kept else "0")
     _assert_sm90_tiles(name, dtype, *geometry, every_kept=every_kept)
 
 
 def test_fits_only_refuses_what_overflows_shared_memory():
     """float64 at head dim 128 is the one acmix_resnet50 geometry whose smallest tile is over the limit."""
     assert ta.fits(torch.float64, 64, 7, 2, 1) and not ta.fits(torch.float64, 128, 7, 1, 1)
-    assert all(ta.fits(dtype, hd, ka, s, 1) for ka, s, hd, _ in RESNET50_GEOMETRIES
+    assert all(ta.fits(dtype, hd, ka, s, 1) for ka, s, hd, _ in kr.RESNET50_GEOMETRIES
                for dtype in (torch.bfloat16, torch.float16, torch.float32))
     assert not ta.fits(torch.float32, 256, 7, 1, 1) and ta.fits(torch.bfloat16, 256, 7, 1, 1)
 
@@ -435,16 +400,15 @@ def test_fits_only_refuses_what_overflows_shared_memory():
 @pytest.mark.parametrize(("dtype", "hd", "ka", "s"), [(torch.float64, 64, 7, 2), (torch.float64, 128, 7, 1),
                                                        (torch.bfloat16, 256, 7, 1), (torch.float32, 256, 7, 1),
                                                        (torch.float32, 128, 7, 2)], ids=str)
-def test_fits_matches_sm90_builds(dtype, hd, ka, s, monkeypatch):
+def test_fits_matches_sm90_builds(dtype, hd, ka, s):
     """``ta.fits`` says yes exactly when the smallest tile of all three kernels builds within shared memory."""
     pytest.importorskip("triton.backends.nvidia")
-    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
     shared = []
-    for name in _SM90_KERNELS:
-        cfg, constants = min(_tiles_for_sm90(name, dtype, ka, s, hd, 28, prune=False),
-                             key=lambda kept: kept[0].kwargs["TH"] * kept[0].kwargs["TW"])
-        shared.append(_sm90_build(name, dtype, constants, cfg.num_warps)["shared"])
-    assert ta.fits(dtype, hd, ka, s, 1) == (max(shared) <= SM90_SHARED), shared
+    for name in kr.KERNELS:
+        cfg, constants = min(kr.launch_tiles(name, dtype, ka, s, hd, 28, prune=False),
+                             key=lambda tile: tile[0].kwargs["TH"] * tile[0].kwargs["TW"])
+        shared.append(kr.build_tile(name, dtype, cfg, constants)["shared"])
+    assert ta.fits(dtype, hd, ka, s, 1) == (max(shared) <= kr.SM90_SHARED), shared
 
 
 def test_layer_under_autocast_mixes_dtypes(interp):

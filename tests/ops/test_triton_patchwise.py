@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from acmix.analysis.kernel_resources import SM90_SHARED, build, resources
 from acmix.ops.patchwise import patchwise_aggregation, patchwise_aggregation_reference
-from helpers import SM90_SHARED, compile_for_sm90, sm90_resources
 
 triton_patchwise = pytest.importorskip("acmix.ops.triton_patchwise")
 pytestmark = pytest.mark.skipif(triton_patchwise.triton is None, reason="needs Triton")
@@ -178,9 +178,9 @@ def test_kernels_compile_for_an_nvidia_target():
                 (value_grad, dict(g_ptr="*fp32", w_ptr="*fp32", out_ptr="*bf16", tab_h_ptr="*i32", n_h_ptr="*i32",
                                   tab_w_ptr="*i32", n_w_ptr="*i32"), {})]
     for kernel, pointers, flags in launches:
-        compiled = compile_for_sm90(kernel, pointers, dict(K=7, ACC=tl.float32, BLOCK_C=16, BLOCK_P=64, **flags))
+        compiled = build(kernel, pointers, dict(K=7, ACC=tl.float32, BLOCK_C=16, BLOCK_P=64, **flags))
         assert ".entry" in compiled.asm["ptx"]
-        used = sm90_resources(compiled)
+        used = resources(compiled)
         assert used["spilled"] == 0 and used["shared"] <= SM90_SHARED, used
 
 
