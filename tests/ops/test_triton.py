@@ -376,6 +376,12 @@ def test_default_tiles_build_for_sm90_without_spills(tmp_path, monkeypatch, caps
     assert "| bfloat16 | 7 | 1 | 16 | 56x56 | bwd_key | 4x4/8w |" in capsys.readouterr().out
 
 
+def test_kernel_resources_refuses_a_bad_target(capsys):
+    with pytest.raises(SystemExit):
+        kr.main(["--target", "gpu"])
+    assert "--target must be sm_NN or 'device', got 'gpu'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", kr.KERNELS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)

@@ -168,9 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.target != "device" and not re.fullmatch(r"sm_\d+", args.target):
         p.error(f"--target must be sm_NN or 'device', got {args.target!r}")
+    try:
+        import triton
+        import triton.backends.nvidia  # the compiler, and the cuobjdump that reads the binaries
+    except ImportError:
+        p.error("needs Triton with its NVIDIA backend (pip install triton)")
     out = args.json or Path(f"benchmarks/results/kernel_resources_{args.target}.json")
     check_writable(out.parent, "--json folder")
-    import triton
 
     print(f"triton {triton.__version__}, target {args.target}; per thread: registers, spilled bytes; shared: bytes")
     table = rows([getattr(torch, d) for d in args.dtype], RESNET50_GEOMETRIES, every_tile=args.every_tile,
