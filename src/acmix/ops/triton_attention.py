@@ -239,27 +239,36 @@ def _(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | None, ra
 
 
 @functools.lru_cache(maxsize=256)
-def _fold_index(size: int, pad: int, device: torch.device) -> Tensor:
-    """``(size, m)``: the padded positions that reflect onto each source pixel, ``size + 2 pad`` (a zero slot
-    the caller appends) filling the rows of pixels with fewer than ``m`` copies."""
+def _copies_index(sources: tuple[int, ...], size: int, device: torch.device) -> Tensor:
+    """``(size, m)``: the positions of ``sources`` (an axis of contributions, each naming its source pixel)
+    that belong to each of ``size`` pixels, ``len(sources)`` (a zero slot the caller appends) filling the rows
+    of pixels with fewer than ``m``."""
+    copies = [[p for p, s in enumerate(sources) if s == i] for i in range(size)]
+    m = max(1, max(len(c) for c in copies))
+    return torch.tensor([c + [len(sources)] * (m - len(c)) for c in copies], device=device)
+
+
+def _sum_copies(t: Tensor, sources: list[int], size: int) -> Tensor:
+    """Last axis of ``t`` (``len(sources)`` contributions) summed onto ``size`` source pixels: gathers and
+    sums in a fixed order (deterministic; a one-hot matrix product would spread ``0 * nan``)."""
+    index = _copies_index(tuple(sources), size, t.device)
+    t = torch.nn.functional.pad(t, (0, 1))
+    return t.index_select(-1, index.flatten()).view(*t.shape[:-1], *index.shape).sum(-1)
+
+
+def _fold(own: Tensor, rows: Tensor, cols: Tensor, pad: int) -> Tensor:
+    """The reflect-pad backward: ``own`` (``(n, c, H, W)``, the source pixels' own copies, updated in place)
+    plus the band of reflected rows (``(n, c, 2 pad, W + 2 pad)``) and of reflected columns of the other rows
+    (``(n, c, H, 2 pad)``) that ``attention_bwd_key`` wrote, added onto their source pixels."""
     from .common import reflect_index
 
-    src = reflect_index(size, pad).tolist()
-    copies = [[p for p, s in enumerate(src) if s == i] for i in range(size)]
-    m = max(len(c) for c in copies)
-    return torch.tensor([c + [len(src)] * (m - len(c)) for c in copies], device=device)
-
-
-def _fold(t: Tensor, h: int, w: int, pad: int) -> Tensor:
-    """The reflect-pad backward of ``(n, c, H + 2 pad, W + 2 pad)``, as gathers and sums in a fixed order.
-
-    A one-hot matrix product would be shorter, but ``0 * nan`` would spread a non-finite gradient everywhere.
-    """
-    n, c = t.shape[:2]
-    rows, cols = _fold_index(h, pad, t.device), _fold_index(w, pad, t.device)
-    t = torch.nn.functional.pad(t, (0, 1, 0, 1))
-    t = t.index_select(2, rows.flatten()).view(n, c, h, rows.shape[1], -1).sum(3)
-    return t.index_select(3, cols.flatten()).view(n, c, h, w, cols.shape[1]).sum(4)
+    h, w = own.shape[-2:]
+    src_r, src_c = reflect_index(h, pad).tolist(), reflect_index(w, pad).tolist()
+    band_r, band_c = src_r[:pad] + src_r[pad + h:], src_c[:pad] + src_c[pad + w:]
+    rows = _sum_copies(rows, src_c, w)  # (n, c, 2 pad, W): the band's columns onto source columns
+    own += _sum_copies(rows.transpose(-1, -2), band_r, h).transpose(-1, -2)
+    own += _sum_copies(cols, band_c, w)
+    return own
 
 
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
@@ -288,11 +297,13 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
 
     pad = dilation * (kernel - 1) // 2
     hp, wp = h + 2 * pad, w + 2 * pad
-    dk = torch.empty(n, hd, hp, wp, device=q.device, dtype=acc)
-    dv = torch.empty_like(dk)
+    # every padded position written once: the source pixels' own copies and two bands of reflected ones
+    own = [torch.empty(n, hd, h, w, device=q.device, dtype=acc) for _ in "kv"]
+    rows = [torch.empty(n, hd, 2 * pad, wp, device=q.device, dtype=acc) for _ in "kv"]
+    cols = [torch.empty(n, hd, h, 2 * pad, device=q.device, dtype=acc) for _ in "kv"]
     mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
-        q, r, k, v, gout, *args, dk, dv, *strides, *gs, *sizes, **meta)
-    dk, dv = (_fold(t, h, w, pad).to(k.dtype).view(b, heads, hd, h, w) for t in (dk, dv))
+        q, r, k, v, gout, *args, *own, *rows, *cols, *strides, *gs, *sizes, **meta)
+    dk, dv = (_fold(*parts, pad).to(k.dtype).view(b, heads, hd, h, w) for parts in zip(own, rows, cols))
     return dq, dr, dk, dv, delta
 
 

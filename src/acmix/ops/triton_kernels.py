@@ -276,6 +276,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
 @triton.heuristics(_each(_key_heuristics, "SPAN_W", "BLOCK_Q", "BLOCK_K"))
 @triton.jit
 def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dk_ptr, dv_ptr,
+                      rk_ptr, rv_ptr, ck_ptr, cv_ptr,
                       sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
                       skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                       sgb, sgh, sgd, sgy, sgx,
@@ -285,7 +286,11 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
                       SPAN_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dK, dV of one TH x TW tile of the reflect-padded key grid, over every query whose window holds it.
 
-    ``dk``/``dv`` are ``(B*heads, HD, Hp, Wp)`` contiguous; the caller folds them onto the source pixels.
+    Each padded position is written once, by one program: the ``H x W`` positions of the source pixels'
+    own copies to ``dk``/``dv`` (``(B*heads, HD, H, W)``), the bands of reflected copies to ``rk``/``rv``
+    (the ``2 pad`` padded rows outside them, full width: ``(B*heads, HD, 2 pad, Wp)``) and ``ck``/``cv``
+    (the ``2 pad`` padded columns outside them, of the other rows: ``(B*heads, HD, H, 2 pad)``), all
+    contiguous; the caller adds the bands onto their source pixels.
     """
     pid_t = tl.program_id(0)
     pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
@@ -346,6 +351,18 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     ds = tl.where(mask, p * (dp - delta[None, :]), 0.0) * ra
     dk = tl.dot(ds.to(q.dtype), tl.where(_finite(q), q, 0.0).to(q.dtype), input_precision=PREC).to(ACC) * scale
 
-    out = pid_n * HD * hp * wp + d[None, :] * (hp * wp) + py[:, None] * wp + px[:, None]
-    tl.store(dk_ptr + out, dk.to(dk_ptr.dtype.element_ty), mask=kmask)
-    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kmask)
+    ry = py - pad
+    rx = px - pad
+    own = (ry >= 0) & (ry < H) & (rx >= 0) & (rx < W)
+    row_band = (ry < 0) | (ry >= H)
+    col_band = ~own & ~row_band
+    dd = d[None, :].to(tl.int64)
+    out = pid_n * HD * H * W + dd * (H * W) + (ry * W + rx)[:, None]
+    tl.store(dk_ptr + out, dk.to(dk_ptr.dtype.element_ty), mask=kmask & own[:, None])
+    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kmask & own[:, None])
+    out = pid_n * HD * 2 * pad * wp + dd * (2 * pad * wp) + (tl.where(ry < 0, py, py - H) * wp + px)[:, None]
+    tl.store(rk_ptr + out, dk.to(rk_ptr.dtype.element_ty), mask=kmask & row_band[:, None])
+    tl.store(rv_ptr + out, dv.to(rv_ptr.dtype.element_ty), mask=kmask & row_band[:, None])
+    out = pid_n * HD * H * 2 * pad + dd * (H * 2 * pad) + (ry * 2 * pad + tl.where(rx < 0, px, px - W))[:, None]
+    tl.store(ck_ptr + out, dk.to(ck_ptr.dtype.element_ty), mask=kmask & col_band[:, None])
+    tl.store(cv_ptr + out, dv.to(cv_ptr.dtype.element_ty), mask=kmask & col_band[:, None])
