@@ -81,7 +81,8 @@ MAX_LOGITS = 8192
 # (bf16, head dim 128) fit it but spilled 208-376 bytes of registers, while the 32 KiB 4x2 tile spilled none)
 MAX_TILE_BYTES = 32768
 # the largest k/v operand tile whose program fits the shared memory of an sm_90 block (227 KiB): 64 KiB ones
-# took 136-147 KiB, 128 KiB ones 272-288 KiB.  The smallest tile over it (float64 at head dims over 64) does not run.
+# took 136-147 KiB, 128 KiB ones 272-288 KiB.  A geometry whose smallest tile is over it (float64 at head dim 128,
+# kernel 7) does not run.
 SHARED_TILE_BYTES = 65536
 # (TH, TW, num_warps); the first one kept is the one compiled when nothing is measured (ACMIX_AUTOTUNE=0).
 # 8 warps beat 4 on registers at these tiles; 8x8 survives the pruning only for small kernels or the key side.
