@@ -38,7 +38,8 @@ KERNELS = ("attention_fwd", "attention_bwd_query", "attention_bwd_key")
 # stride 2 where a stage starts; and a kernel-3 layer
 RESNET50_GEOMETRIES = [(7, 1, 16, 56), (7, 1, 32, 28), (7, 1, 64, 14), (7, 1, 128, 7),
                        (7, 2, 32, 56), (7, 2, 64, 28), (7, 2, 128, 14), (3, 1, 32, 28)]
-_ACC_POINTERS = {"lse_ptr", "delta_ptr", "scale_ptr", "ra_ptr", "rc_ptr", "dk_ptr", "dv_ptr"}
+_ACC_POINTERS = {"lse_ptr", "delta_ptr", "scale_ptr", "ra_ptr", "rc_ptr", "gc_ptr", "dk_ptr", "dv_ptr", "rk_ptr",
+                 "rv_ptr", "ck_ptr", "cv_ptr"}
 _TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
@@ -125,8 +126,8 @@ def launch_tiles(name: str, dtype: torch.dtype, kernel: int, stride: int, head_d
     out = []
     for cfg in configs:
         constants = {**meta, **cfg.kwargs, **heuristics({**meta, **cfg.kwargs})}
-        if name == "attention_fwd":
-            constants["MIX"] = True  # the layer's path: the rates in the epilogue
+        if name != "attention_bwd_key":
+            constants["MIX"] = True  # the layer's path: the rates in the forward's epilogue and the dQ kernel
         out.append((cfg, constants))
     return out
 

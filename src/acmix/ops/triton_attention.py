@@ -273,9 +273,10 @@ def _fold(own: Tensor, rows: Tensor, cols: Tensor, pad: int) -> Tensor:
 
 
 @torch.library.custom_op("acmix::window_attention_triton_backward", mutates_args=())
-def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor,
+def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor, conv: Tensor | None,
                  rate_att: Tensor | None, scale: float, kernel: int, stride: int,
-                 dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """dq, dr, dk, dv, ``delta`` (``go . attention`` per query) and, with ``conv``, ``go . conv`` per query."""
     interpret = interpret_on(q)
     mod = _kernels(interpret)
     strides, sizes, meta = _launch_args(q, r, k, v, kernel, stride, dilation, interpret)
@@ -292,9 +293,12 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     dq = (torch.zeros if stride > 1 else torch.empty)(q.shape, device=q.device, dtype=q.dtype)
     dr = torch.empty(r.shape, device=q.device, dtype=r.dtype) if r is not None else q.new_empty(0)
     drs = dr.stride() if r is not None else (0,) * 5
+    mix = conv is not None
+    gconv = torch.empty(n if mix else 0, ho, wo, device=q.device, dtype=acc)
+    cstrides = _split_heads(conv, hd) if conv is not None else (0,) * 5
     mod.attention_bwd_query[_query_grid(n, ho, wo)](
-        q, r, k, v, gout, *args, dq, dr if r is not None else None, *strides, *gs, *dq.stride(), *drs,
-        *sizes, **meta)
+        q, r, k, v, gout, *args, dq, dr if r is not None else None, conv, gconv, *strides, *gs, *dq.stride(), *drs,
+        *cstrides, *sizes, MIX=mix, **meta)
 
     pad = dilation * (kernel - 1) // 2
     hp, wp = h + 2 * pad, w + 2 * pad
@@ -305,14 +309,16 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
         q, r, k, v, gout, *args, *own, *rows, *cols, *strides, *gs, *sizes, **meta)
     dk, dv = (_fold(*parts, pad).to(k.dtype).view(b, heads, hd, h, w) for parts in zip(own, rows, cols))
-    return dq, dr, dk, dv, delta
+    return dq, dr, dk, dv, delta, gconv
 
 
 @_backward_op.register_fake
-def _(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor, rate_att: Tensor | None,
-      scale: float, kernel: int, stride: int, dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, lse: Tensor, conv: Tensor | None,
+      rate_att: Tensor | None, scale: float, kernel: int, stride: int,
+      dilation: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dr = torch.empty_like(r, memory_format=torch.contiguous_format) if r is not None else q.new_empty(0)
-    return q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse)
+    gconv = torch.empty_like(lse) if conv is not None else lse.new_empty(0, *lse.shape[1:])
+    return q.new_empty(q.shape), dr, k.new_empty(k.shape), v.new_empty(v.shape), torch.empty_like(lse), gconv
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
@@ -323,11 +329,11 @@ def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> 
 
 def _backward(ctx: Any, gout: Tensor, _glse: Tensor) -> tuple[Tensor | None, ...]:
     q, r, k, v, lse, conv, rate_att, rate_conv = ctx.saved_tensors
-    dq, dr, dk, dv, delta = _backward_op(gout, q, r, k, v, lse, rate_att, *ctx.args)
+    dq, dr, dk, dv, delta, gconv = _backward_op(gout, q, r, k, v, lse, conv, rate_att, *ctx.args)
     grads = [dq, dr if r is not None else None, dk, dv, None, None, None]
-    if conv is not None:  # out = ra * att + rc * conv; delta[i] = gout_i . att_i
+    if conv is not None:  # out = ra * att + rc * conv; delta[i] = gout_i . att_i, gconv[i] = gout_i . conv_i
         grads[4:] = [(gout * rate_conv.to(gout.dtype)).to(conv.dtype), delta.sum().reshape(1).to(rate_att.dtype),
-                     (gout.to(delta.dtype) * conv.to(delta.dtype)).sum().reshape(1).to(rate_conv.dtype)]
+                     gconv.sum().reshape(1).to(rate_conv.dtype)]
     return (*grads, None, None, None, None)
 
 

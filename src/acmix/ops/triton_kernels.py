@@ -237,17 +237,21 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, 
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
 def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, scale_ptr, ra_ptr, dq_ptr, dr_ptr,
+                        c_ptr, gc_ptr,
                         sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
                         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                         sgb, sgh, sgd, sgy, sgx, s1b, s1h, s1d, s1y, s1x, s2b, s2h, s2c, s2y, s2x,
-                        HEADS, HD, H, W, HO, WO,
+                        scb, sch, scd, scy, scx,
+                        HEADS, HD, H, W, HO, WO, MIX: tl.constexpr,
                         KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
                         ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
                         TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dQ (at the strided query pixels; strides ``s1*``), dR (strides ``s2*``) and ``delta`` of one query tile.
 
     ``go`` is the gradient of the output the forward wrote; the attention's own is ``ra * go`` (``ra`` = 1
-    without the rate combination), so ``delta`` is ``go . attention``, the rate's gradient per query.
+    without the rate combination), so ``delta`` is ``go . attention``, the rate's gradient per query.  With
+    ``MIX``, ``gc`` gets ``go . conv`` per query, the convolution rate's (``conv`` read in place, strides
+    ``sc*``): no full-size float32 product of the two exists.
     """
     pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale = _query_tile(
         q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
@@ -269,6 +273,9 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
         dbase = dr_ptr + b * s2b + hh * s2h + oy * s2y + ox * s2x
         tl.store(dbase, (-_sum(ds * lx[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
         tl.store(dbase + s2c, (-_sum(ds * ly[None, :], 1)).to(dr_ptr.dtype.element_ty), mask=qvalid)
+    if MIX:
+        conv = _rows(c_ptr, b * scb + hh * sch, d, scd, oy, scy, ox, scx, qmask)
+        tl.store(gc_ptr + pid_n * HO * WO + oy * WO + ox, _sum(go.to(ACC) * conv.to(ACC), 1), mask=qvalid)
 
 
 @triton.autotune(configs=_configs(KEY_TILES, (16, 16)), key=AUTOTUNE_KEY,
