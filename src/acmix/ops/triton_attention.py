@@ -239,20 +239,31 @@ def _(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | None, ra
     return q.new_empty(b, heads * hd, ho, wo), q.new_empty(b * heads, ho, wo, dtype=_acc(q.dtype))
 
 
-@functools.lru_cache(maxsize=256)
-def _copies_index(sources: tuple[int, ...], size: int, device: torch.device) -> Tensor:
+def _copies_index(sources: list[int], size: int) -> list[list[int]]:
     """``(size, m)``: the positions of ``sources`` (an axis of contributions, each naming its source pixel)
     that belong to each of ``size`` pixels, ``len(sources)`` (a zero slot the caller appends) filling the rows
     of pixels with fewer than ``m``."""
     copies = [[p for p, s in enumerate(sources) if s == i] for i in range(size)]
     m = max(1, max(len(c) for c in copies))
-    return torch.tensor([c + [len(sources)] * (m - len(c)) for c in copies], device=device)
+    return [c + [len(sources)] * (m - len(c)) for c in copies]
 
 
-def _sum_copies(t: Tensor, sources: list[int], size: int) -> Tensor:
-    """Last axis of ``t`` (``len(sources)`` contributions) summed onto ``size`` source pixels: gathers and
-    sums in a fixed order (deterministic; a one-hot matrix product would spread ``0 * nan``)."""
-    index = _copies_index(tuple(sources), size, t.device)
+@functools.lru_cache(maxsize=256)
+def _fold_indices(h: int, w: int, pad: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_copies_index` of the three folds of :func:`_fold` (once per size and device: a backward call
+    builds no index)."""
+    from .common import reflect_index
+
+    src_r, src_c = reflect_index(h, pad).tolist(), reflect_index(w, pad).tolist()
+    band_r, band_c = src_r[:pad] + src_r[pad + h:], src_c[:pad] + src_c[pad + w:]
+    cols, rows, band = (torch.tensor(_copies_index(s, n), device=device)
+                        for s, n in ((src_c, w), (band_r, h), (band_c, w)))
+    return cols, rows, band
+
+
+def _sum_copies(t: Tensor, index: Tensor) -> Tensor:
+    """Last axis of ``t`` summed onto the source pixels that ``index`` (a :func:`_copies_index`) names: gathers
+    and sums in a fixed order (deterministic; a one-hot matrix product would spread ``0 * nan``)."""
     t = torch.nn.functional.pad(t, (0, 1))
     return t.index_select(-1, index.flatten()).view(*t.shape[:-1], *index.shape).sum(-1)
 
@@ -261,14 +272,11 @@ def _fold(own: Tensor, rows: Tensor, cols: Tensor, pad: int) -> Tensor:
     """The reflect-pad backward: ``own`` (``(n, c, H, W)``, the source pixels' own copies, updated in place)
     plus the band of reflected rows (``(n, c, 2 pad, W + 2 pad)``) and of reflected columns of the other rows
     (``(n, c, H, 2 pad)``) that ``attention_bwd_key`` wrote, added onto their source pixels."""
-    from .common import reflect_index
-
     h, w = own.shape[-2:]
-    src_r, src_c = reflect_index(h, pad).tolist(), reflect_index(w, pad).tolist()
-    band_r, band_c = src_r[:pad] + src_r[pad + h:], src_c[:pad] + src_c[pad + w:]
-    rows = _sum_copies(rows, src_c, w)  # (n, c, 2 pad, W): the band's columns onto source columns
-    own += _sum_copies(rows.transpose(-1, -2), band_r, h).transpose(-1, -2)
-    own += _sum_copies(cols, band_c, w)
+    all_cols, band_rows, band_cols = _fold_indices(h, w, pad, own.device)
+    rows = _sum_copies(rows, all_cols)  # (n, c, 2 pad, W): the band's columns onto source columns
+    own += _sum_copies(rows.transpose(-1, -2), band_rows).transpose(-1, -2)
+    own += _sum_copies(cols, band_cols)
     return own
 
 
