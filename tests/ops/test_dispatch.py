@@ -39,6 +39,25 @@ def test_triton_refused_where_it_cannot_run(monkeypatch):
         resolve_backend(torch.randn(1, 4, 5, 5), ACmixConfig(4, 8), "triton")
 
 
+def test_triton_fit_judged_in_the_dtype_the_kernels_see(monkeypatch):
+    """The shared-memory check of the compiled kernels (here on CPU tensors posing as compiled) uses autocast's
+    dtype, which q, k and v come out of Stage I in, and does not apply when no attention kernel runs."""
+    from acmix.ops import triton_attention
+
+    monkeypatch.setattr(triton_attention, "available", lambda x: True)
+    monkeypatch.setattr(triton_attention, "interpret_on", lambda x: False)
+    x = torch.randn(1, 8, 9, 9)
+    wide = ACmixConfig(8, 512, heads=2)  # head dim 256: float32 tiles overflow, bf16 ones fit
+    with pytest.raises(ValueError, match="head dim 256"):
+        resolve_backend(x, wide, "triton")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_backend(x, wide, "triton") is Backend.TRITON
+    x64 = x.double()
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="head dim 256"):
+        resolve_backend(x64, wide, "triton")  # autocast leaves float64 alone
+    assert resolve_backend(x64, ACmixConfig(8, 512, heads=2, combination="conv"), "triton") is Backend.TRITON
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_triton_only_where_its_tiles_fit():

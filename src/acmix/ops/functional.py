@@ -62,9 +62,15 @@ def _triton_fits(x: Tensor, cfg: ACmixConfig) -> bool:
         return False
     from . import triton_attention  # imports only the standard library; triton loads on the first launch
 
-    return triton_attention.available(x) and (
-        triton_attention.interpret_on(x)
-        or triton_attention.fits(x.dtype, cfg.head_dim, cfg.kernel_att, cfg.stride, cfg.dilation))
+    if not triton_attention.available(x):
+        return False
+    if triton_attention.interpret_on(x) or not cfg.has_attention:  # no shared-memory limit / no attention kernel
+        return True
+    # q, k and v come out of Stage I's conv: in autocast's dtype where it casts (not float64)
+    dtype = x.dtype
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    return triton_attention.fits(dtype, cfg.head_dim, cfg.kernel_att, cfg.stride, cfg.dilation)
 
 
 def _training(x: Tensor, w: ACmixWeights) -> bool:
