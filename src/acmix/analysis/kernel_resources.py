@@ -105,21 +105,24 @@ def _autotune(on: bool) -> Iterator[None]:
 
 
 def launch_tiles(name: str, dtype: torch.dtype, kernel: int, stride: int, head_dim: int, size: int, *,
-                 every_tile: bool = False, prune: bool = True) -> list[tuple[Any, dict[str, Any]]]:
+                 every_tile: bool = False, tiles: list[tuple[int, int, int]] | None = None,
+                 min_block_d: int | None = None) -> list[tuple[Any, dict[str, Any]]]:
     """``(config, constexprs)`` of the tiles a GPU launch of ``name`` uses on a ``size`` x ``size`` map: the one
-    compiled when nothing is measured, the autotuner's candidates with ``every_tile``, all of them without
-    ``prune``.  The constexprs are those of ``ta._launch_args`` and the tile's heuristics."""
+    compiled when nothing is measured, the autotuner's candidates with ``every_tile``, or exactly ``tiles``
+    (``(TH, TW, num_warps)``, unpruned).  The constexprs are those of ``ta._launch_args`` (with ``min_block_d``,
+    head dims are padded to at least that instead of ``ta.block_d``'s 32) and the tile's heuristics."""
     mod = ta._kernels(False)
     k = torch.empty(2, 4, head_dim, size, size, dtype=dtype, device="meta")
     ho = (size - 1) // stride + 1
     r = torch.empty(2, 4, 2, ho, ho, dtype=dtype, device="meta")
     _, (_, _, h, w, ho, wo), meta = ta._launch_args(k, r, k, k, kernel, stride, 1, interpret=False)
+    if min_block_d is not None:
+        meta["BLOCK_D"] = max(min_block_d, ta._pow2(head_dim))
     key_side = name == "attention_bwd_key"
     heuristics, extent = ((mod._key_heuristics, mod._key_extent) if key_side
                           else (mod._query_heuristics, mod._query_extent))
-    configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw)
-               for th, tw, nw in (mod.KEY_TILES if key_side else mod.QUERY_TILES)]
-    if prune:
+    configs = [mod.triton.Config({"TH": th, "TW": tw}, num_warps=nw) for th, tw, nw in tiles or ta.TILES]
+    if tiles is None:
         with _autotune(every_tile):
             configs = mod._prune(heuristics, extent)(configs, {"q_ptr": k, "H": h, "W": w, "HO": ho, "WO": wo},
                                                      **meta)
@@ -143,15 +146,18 @@ def build_tile(name: str, dtype: torch.dtype, cfg: Any, constants: dict[str, Any
 
 
 def rows(dtypes: list[torch.dtype], geometries: list[tuple[int, int, int, int]], *, every_tile: bool = False,
+         tiles: list[tuple[int, int, int]] | None = None, min_block_d: int | None = None,
          target: str = "sm_90") -> list[dict[str, Any]]:
-    """One row per (dtype, geometry, kernel, tile); geometries outside ``ta.fits`` are not launched: skipped."""
+    """One row per (dtype, geometry, kernel, tile) (:func:`launch_tiles`); geometries outside ``ta.fits`` are
+    not launched: skipped."""
     out = []
     for dtype in dtypes:
         for ka, s, hd, size in geometries:
             if not ta.fits(dtype, hd, ka, s, 1):
                 continue
             for name in KERNELS:
-                for cfg, constants in launch_tiles(name, dtype, ka, s, hd, size, every_tile=every_tile):
+                for cfg, constants in launch_tiles(name, dtype, ka, s, hd, size, every_tile=every_tile,
+                                                   tiles=tiles, min_block_d=min_block_d):
                     used = build_tile(name, dtype, cfg, constants, target)
                     out.append({"dtype": str(dtype).removeprefix("torch."), "kernel": ka, "stride": s,
                                 "head_dim": hd, "map": f"{size}x{size}", "op": name.removeprefix("attention_"),
@@ -165,10 +171,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=["bfloat16", "float32"])
     p.add_argument("--target", default="sm_90", help="sm_NN, or 'device' (this machine's GPU)")
     p.add_argument("--every-tile", action="store_true", help="every tile the autotuner may try")
+    p.add_argument("--tile", nargs="+", default=None, metavar="THxTWxWARPS",
+                   help="build these tiles instead, unpruned (e.g. 8x8x4, the default before registers chose it)")
+    p.add_argument("--min-block-d", type=int, default=None,
+                   help="pad head dims to at least this (a power of two >= 16) instead of 32")
     p.add_argument("--json", type=Path, default=None, help="default benchmarks/results/kernel_resources_<target>.json")
     args = p.parse_args(argv)
     if args.target != "device" and not re.fullmatch(r"sm_\d+", args.target):
         p.error(f"--target must be sm_NN or 'device', got {args.target!r}")
+    bad = [t for t in args.tile or [] if not re.fullmatch(r"\d+x\d+x\d+", t)]
+    if bad:
+        p.error(f"--tile takes THxTWxWARPS, got {bad[0]!r}")
+    tiles = None
+    if args.tile:
+        tiles = [(int(th), int(tw), int(nw)) for th, tw, nw in (t.split("x") for t in args.tile)]
+    if args.min_block_d is not None and (args.min_block_d < 16 or args.min_block_d & (args.min_block_d - 1)):
+        p.error(f"--min-block-d must be a power of two >= 16, got {args.min_block_d}")
     try:
         import triton
         import triton.backends.nvidia  # the compiler, and the cuobjdump that reads the binaries
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"triton {triton.__version__}, target {args.target}; per thread: registers, spilled bytes; shared: bytes")
     table = rows([getattr(torch, d) for d in args.dtype], RESNET50_GEOMETRIES, every_tile=args.every_tile,
-                 target=args.target)
+                 tiles=tiles, min_block_d=args.min_block_d, target=args.target)
     print("\n" + markdown_table(table))
     out.write_text(json.dumps({"triton": triton.__version__, "target": args.target, "rows": table}, indent=2))
     print(f"\nwrote {out}")

@@ -72,22 +72,23 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # The tiles (pure Python, so that whether a shape fits is known without importing Triton).
 # most (query, key) logits one program holds; larger tiles are pruned.  Registers, not shared memory, bound
-# the tile: compiled for sm_90 (cuobjdump's resource usage), an 8x8 tile of kernel 7 (64 x 256 logits) used
-# all 255 registers and spilled 0.3-4 KiB per thread in every kernel and head dim, 4x8 (8,192) spilled up to
-# 17 KiB, while 4x4 and 2x8 (2,048) at 8 warps spill nothing in bf16/fp16 (tests/ops/test_triton.py)
+# the tile: built for sm_90 (benchmarks/kernel_resources.py --tile 8x8x4 4x8x4), an 8x8 tile of kernel 7 at
+# 4 warps (64 x 256 logits) spilled 0.5-4.6 KiB per thread in every kernel and stride-1 head dim, 4x8 (8,192)
+# up to 13 KiB, while 4x4 and 2x8 (2,048) at 8 warps spill nothing in bf16/fp16 (tests/ops/test_triton.py)
 MAX_LOGITS = 8192
 # largest (rows x head dim) operand tile in bytes, for registers and shared memory alike (sm_90 builds, kernel 7
 # at stride 2: 128 KiB tiles needed 272 KiB of shared memory, over the H100/H200 limit of 227 KiB; 64 KiB ones
-# (bf16, head dim 128) fit it but spilled 208-376 bytes of registers, while the 32 KiB 4x2 tile spilled none)
+# (bf16, head dim 128) fit it but spilled 208-360 bytes of registers, while the 32 KiB 4x2 tile spilled none)
 MAX_TILE_BYTES = 32768
-# the largest k/v operand tile whose program fits the shared memory of an sm_90 block (227 KiB): 64 KiB ones
-# took 136-147 KiB, 128 KiB ones 272-288 KiB.  A geometry whose smallest tile is over it (float64 at head dim 128,
-# kernel 7) does not run.
+# the largest k/v operand tile whose program fits the shared memory of an sm_90 block (227 KiB): 64 KiB ones took
+# up to 144 KiB (kernel_resources.py --dtype float64 float32 --tile 4x2x8), 128 KiB ones 272 KiB (--tile 8x8x4,
+# stride 2, head dim 128).  A geometry whose smallest tile is over it (float64 at head dim 128, kernel 7) does not
+# run; test_fits_matches_sm90_builds checks the line against builds on both sides.
 SHARED_TILE_BYTES = 65536
 # (TH, TW, num_warps); the first one kept is the one compiled when nothing is measured (ACMIX_AUTOTUNE=0).
 # 8 warps beat 4 on registers at these tiles; 8x8 survives the pruning only for small kernels or the key side.
-QUERY_TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8), (4, 2, 8)]
-KEY_TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8), (4, 2, 8)]
+# One list for the query-side kernels (tiles of output pixels) and the key side (tiles of the padded grid).
+TILES = [(4, 4, 8), (2, 8, 8), (4, 4, 4), (8, 8, 8), (4, 2, 8)]
 
 
 def _pow2(n: int) -> int:
@@ -96,7 +97,8 @@ def _pow2(n: int) -> int:
 
 def block_d(head_dim: int) -> int:
     """The head dim inside the kernels: a power of two, at least 32 (``tl.dot`` needs 16; at 16, sm_90 builds
-    of the default tile used 195-255 registers and spilled in the backward, at 32 none spilled with 80-136)."""
+    of stage 1's default tile used 201-255 registers and the backward spilled 24-48 bytes, at 32 none spill,
+    with 80-128: ``benchmarks/kernel_resources.py --min-block-d 16``)."""
     return max(32, _pow2(head_dim))
 
 
@@ -124,10 +126,11 @@ def key_heuristics(args: dict[str, Any]) -> dict[str, int]:
     return {"SPAN_W": qw, "BLOCK_Q": _pow2(qh * qw), "BLOCK_K": _pow2(args["TH"] * args["TW"])}
 
 
+@functools.cache  # asked on every call (dispatch, then the op's own check): a few integer operations, once
 def fits(dtype: torch.dtype, head_dim: int, kernel: int, stride: int, dilation: int) -> bool:
     """Whether the compiled kernels run this geometry: the smallest tile's k/v operands, on the query and the
     key side, within :data:`SHARED_TILE_BYTES` (the interpreter has no such limit)."""
-    th, tw, _ = min(QUERY_TILES, key=lambda tile: tile[0] * tile[1])
+    th, tw, _ = min(TILES, key=lambda tile: tile[0] * tile[1])
     args = {"TH": th, "TW": tw, "KA": kernel, "S": stride, "DIL": dilation}
     rows = max(max(h["BLOCK_K"], h["BLOCK_Q"]) for h in (query_heuristics(args), key_heuristics(args)))
     return rows * block_d(head_dim) * dtype.itemsize <= SHARED_TILE_BYTES

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from acmix.ops.autotune import enabled as _measuring
-from acmix.ops.triton_attention import KEY_TILES, MAX_LOGITS, MAX_TILE_BYTES, QUERY_TILES
+from acmix.ops.triton_attention import MAX_LOGITS, MAX_TILE_BYTES, TILES
 from acmix.ops.triton_attention import key_heuristics as _key_heuristics
 from acmix.ops.triton_attention import query_heuristics as _query_heuristics
 
@@ -193,7 +193,7 @@ def _query_tile(q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr,
     return pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale
 
 
-@triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
+@triton.autotune(configs=_configs(TILES, (8, 8)), key=AUTOTUNE_KEY,
                  prune_configs_by={"early_config_prune": _prune(_query_heuristics, _query_extent)})
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
@@ -232,7 +232,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, 
              mask=qvalid)
 
 
-@triton.autotune(configs=_configs(QUERY_TILES, (8, 8)), key=AUTOTUNE_KEY,
+@triton.autotune(configs=_configs(TILES, (8, 8)), key=AUTOTUNE_KEY,
                  prune_configs_by={"early_config_prune": _prune(_query_heuristics, _query_extent)})
 @triton.heuristics(_each(_query_heuristics, "HALO_W", "BLOCK_K", "BLOCK_Q"))
 @triton.jit
@@ -278,7 +278,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
         tl.store(gc_ptr + pid_n * HO * WO + oy * WO + ox, _sum(go.to(ACC) * conv.to(ACC), 1), mask=qvalid)
 
 
-@triton.autotune(configs=_configs(KEY_TILES, (16, 16)), key=AUTOTUNE_KEY,
+@triton.autotune(configs=_configs(TILES, (16, 16)), key=AUTOTUNE_KEY,
                  prune_configs_by={"early_config_prune": _prune(_key_heuristics, _key_extent)})
 @triton.heuristics(_each(_key_heuristics, "SPAN_W", "BLOCK_Q", "BLOCK_K"))
 @triton.jit
