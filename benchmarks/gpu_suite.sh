@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU suite: CUDA tests, the operator benchmark (bf16 autocast and fp32, batch 32) and the model
-# benchmark (bf16 autocast, channels_last, batch 64 train / 256 inference), in about 6 minutes on one
-# H200.  Run from the repository root with the machine's own python (nothing is installed; the project
+# The GPU suite: CUDA tests, the operator benchmark (bf16 autocast and fp32, batch 32), the model
+# benchmark (bf16 autocast, channels_last, batch 64 train / 256 inference) and the targets they are held to,
+# in about 6 minutes on one H200.  Run from the repository root with the machine's own python (nothing is installed; the project
 # is put on PYTHONPATH):
 #
 #   bash benchmarks/gpu_suite.sh                 # writes benchmarks/results/{op,model}_bench_cuda*.json
@@ -74,6 +74,9 @@ part "op_bench cuda bf16" "$OP_S" "$PYTHON" benchmarks/op_bench.py --device cuda
 part "model_bench cuda bf16" "$MODEL_S" "$PYTHON" benchmarks/model_bench.py --device cuda --dtype bfloat16 \
     --channels-last --batch-size 64 --infer-batch-size 256 --models all --backends auto eager \
     --json "$RESULTS/model_bench_cuda.json"
+# every GPU target (docs/fast-paths.md, "GPU targets") against what the two benchmarks just wrote
+part "targets" 30 "$PYTHON" benchmarks/targets.py --op "$RESULTS/op_bench_cuda.json" \
+    --model "$RESULTS/model_bench_cuda.json" --json "$RESULTS/targets_cuda.json"
 # Tab. 1 on the GPU: Stage I's share of the measured time (the MACs do not depend on the device)
 part "paper stage-costs cuda" 60 "$PYTHON" -m acmix paper stage-costs --device cuda --out "$RESULTS/stage_costs_cuda"
 # the attention kernels' registers and spills as this machine's Triton builds them (the README's table is sm_90

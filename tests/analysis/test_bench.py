@@ -26,7 +26,8 @@ def test_op_bench_writes_both_conv_formats(tmp_path: Path, capsys: pytest.Captur
     (row,) = json.loads(out.read_text())["results"]
     assert row["batch"] == 1 and row["channels"] == 512 and row["dtype"] == "float32"
     assert row["baseline"] in ("conv3x3", "conv3x3_cl")
-    assert {"conv3x3", "conv3x3_cl", "stage1", "eager"} <= set(row["impl"])
+    assert {"conv3x3", "conv3x3_cl", "stage1", "eager", "auto"} <= set(row["impl"])
+    assert row["auto_backend"] in ("cpu_kernel", "eager")  # what the default dispatch ran
     conv, conv_cl = row["impl"]["conv3x3"], row["impl"]["conv3x3_cl"]
     assert min(conv["fwd_bwd_ratio"], conv_cl["fwd_bwd_ratio"]) == 1.0  # the faster format is the baseline
     assert row["impl"][row["baseline"]]["fwd_bwd_ms"] == min(conv["fwd_bwd_ms"], conv_cl["fwd_bwd_ms"])

@@ -7,7 +7,8 @@ shared and noisy.  The convolution runs in both memory formats (contiguous and
 channels_last, whose input is converted once, outside the timing); the faster
 one by forward+backward is the row's baseline, and both are in the JSON.  On
 CUDA the time is taken with CUDA events and bfloat16/float16 run under autocast
-(float32 weights), and the default dispatch (``auto``) is timed next to ``eager``.
+(float32 weights).  The default dispatch (``auto``: Triton on CUDA, the measured
+faster CPU path on the CPU) is timed next to the paths it chooses from.
 Peak memory is the largest amount of tensor memory alive during one
 forward+backward (the upstream gradient of the output included) beyond what
 existed before it (see :mod:`acmix.analysis.timing`).
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from ..nn import ACmix
 from ..nn.parts import FactoryKwargs
 from ..ops import Backend, acmix, acmix_unfold, native, resolve_backend
-from ..ops.config import ACmixConfig, check_positive
+from ..ops.config import check_positive
 from ..train.checkpoint import check_writable
 from .timing import DTYPES, PeakMemory, autocast, check_device, check_precision, peak_bytes, time_ms
 
@@ -44,7 +45,7 @@ CONVS = ("conv3x3", "conv3x3_cl")
 
 
 def _implementations(c: int, stride: int, device: torch.device, dtype: torch.dtype, amp: bool,
-                     include_unfold: bool) -> tuple[dict[str, Callable[[Tensor], Tensor]], ACmixConfig]:
+                     include_unfold: bool) -> tuple[dict[str, Callable[[Tensor], Tensor]], ACmix]:
     dd: FactoryKwargs = {"device": device, "dtype": dtype}
     conv = nn.Conv2d(c, c, 3, stride=stride, padding=1, **dd)
     conv_cl = nn.Conv2d(c, c, 3, stride=stride, padding=1, **dd).to(memory_format=torch.channels_last)
@@ -57,13 +58,13 @@ def _implementations(c: int, stride: int, device: torch.device, dtype: torch.dty
         "stage1": stage1,
         "eager": lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.EAGER),
     }
-    if device.type == "cuda":  # the default dispatch, whatever it picks on this GPU, next to eager
-        impls["auto"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.AUTO)
+    # the default dispatch, whatever it picks here (Triton on a GPU; on the CPU its measured choice), next to eager
+    impls["auto"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.AUTO)
     if device.type == "cpu" and dtype in (torch.float32, torch.float64) and not amp and native.available():
-        impls["compiled"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.COMPILED)
+        impls["cpu_kernel"] = lambda x: acmix(x, layer.weights(), layer.config, backend=Backend.CPU_KERNEL)
     if include_unfold:
         impls["unfold"] = lambda x: acmix_unfold(x, layer.weights(), layer.config)
-    return impls, layer.config
+    return impls, layer
 
 
 def check_options(*, batch: int, shapes, strides, rounds: int, device: str | torch.device = "cpu",
@@ -111,7 +112,7 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
     results = []
     for c, hw in shapes:
         for stride in strides:
-            impls, cfg = _implementations(c, stride, dev, dtype if not amp else torch.float32, amp, include_unfold)
+            impls, layer = _implementations(c, stride, dev, dtype if not amp else torch.float32, amp, include_unfold)
             x = torch.randn(batch, c, hw, hw, device=dev, dtype=dtype if not amp else torch.float32,
                             requires_grad=True)
             x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
@@ -130,8 +131,9 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
                 xi.grad = None
 
             first = {}
-            for name in impls:  # warm-up; the first compiled call includes its build
+            for name in impls:  # warm-up: the first CPU-kernel call includes its build, auto's its measuring
                 first[name] = time_ms(functools.partial(fwd_bwd, name), dev)
+                fwd(name)  # auto measures inference apart from training
             times: dict[str, dict[str, list[float]]] = {n: {"fwd": [], "fwd_bwd": []} for n in impls}
             names = list(impls)
             for r in range(rounds):
@@ -146,9 +148,8 @@ def _run(batch: int, shapes, strides, rounds: int, dev: torch.device, dtype: tor
             baseline = min(CONVS, key=lambda n: med[n]["fwd_bwd"])
             row = {"channels": c, "size": hw, "stride": stride, "batch": batch, "device": str(dev),
                    "dtype": str(dtype).replace("torch.", ""), "amp": amp, "baseline": baseline, "impl": {}}
-            if dev.type == "cuda":
-                with ctx():
-                    row["auto_backend"] = resolve_backend(x, cfg, Backend.AUTO).value
+            with ctx():  # what the timed fwd+bwd calls ran (on the CPU measured in the warm-up, then remembered)
+                row["auto_backend"] = resolve_backend(x, layer.config, Backend.AUTO, layer.weights()).value
             base = med[baseline]
             for name in impls:
                 row["impl"][name] = {
@@ -175,7 +176,7 @@ def _print_row(row: dict) -> None:
               f"{r['fwd_bwd_ratio']:7.2f} {r['peak_mb']:8.1f} {r['mem_ratio']:7.2f} {r['first_call_ms']:11.1f}")
     impl = row["impl"]
     if "unfold" in impl:
-        for name in ("eager", "auto", "compiled"):
+        for name in ("eager", "auto", "cpu_kernel"):
             if name in impl:
                 speedup = impl["unfold"]["fwd_bwd_ms"] / impl[name]["fwd_bwd_ms"]
                 print(f"  {name} is {speedup:.1f}x faster than unfold (fwd+bwd)")
