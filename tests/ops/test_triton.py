@@ -352,6 +352,35 @@ def test_cuda_gradcheck_and_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+def test_grid_flattens_past_65535_programs_per_tile(monkeypatch):
+    """CUDA caps a grid's second dimension at 65,535: batch x heads past it runs on a one-dimensional grid."""
+    assert ta._grid(70_000, 9, 11, True)({"TH": 4, "TW": 2}) == (3 * 6 * 70_000,)
+    assert ta._grid(65_535, 9, 11, False)({"TH": 4, "TW": 2}) == (3 * 6, 65_535)
+    k = torch.empty(16_383, 4, 8, 3, 3, device="meta")
+    assert not ta._launch_args(k, None, k, k, 3, 1, 1, True)[2]["FLAT"]  # 65,532 (batch, head) pairs
+    k = torch.empty(16_384, 4, 8, 3, 3, device="meta")
+    assert ta._launch_args(k, None, k, k, 3, 1, 1, True)[2]["FLAT"]  # 65,536
+
+
+def test_flat_grid_matches_eager(interp, monkeypatch):
+    """The one-dimensional grid's program numbering, forced at a small batch: several tiles, batches and heads."""
+    monkeypatch.setattr(ta, "MAX_GRID_Y", 1)
+    b, heads, hd, h, w, ka, s, dil, pos = 2, 2, 4, 9, 10, 3, 2, 1, True
+    q, r, k, v, go = _inputs(b, heads, hd, h, w, s, pos)
+    args = _args(hd, ka, s, dil)
+    assert ta._launch_args(k, r, k, v, ka, s, dil, True)[2]["FLAT"]
+    _assert_same(_grads(_triton(args), q, r, k, v, go), _grads(_eager(args), q, r, k, v, go), 1e-10)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_batch_times_heads_over_65535():
+    """16,385 x 4 (batch x heads) programs per tile: the flat grid launches and matches the eager path."""
+    q, r, k, v, go = _inputs(16_385, 4, 4, 2, 3, 1, True, device=CUDA)
+    args = _args(4, 3, 1, 1)
+    _assert_same(_grads(_triton(args), q, r, k, v, go), _grads(_eager(args), q, r, k, v, go), 1e-10)
+
+
 def test_autotune_prunes_tiles_over_registers_shared_memory_or_the_map(monkeypatch):
     """The GPU configs kept on a first call: no tile with more logits than the registers hold (8x8 at kernel 7),
     none whose k/v operand overflows shared memory (then the smallest tile), none larger than a small map

@@ -146,6 +146,23 @@ def test_dispatch(monkeypatch):
     assert calls == [1]
 
 
+def test_grids_fold_the_batch_into_the_first_dimension(monkeypatch):
+    """CUDA caps a grid's second and third dimensions at 65,535: a batch of 70,000 goes into the first."""
+    grids = []
+
+    class Launch:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton_patchwise, "_kernels", lambda interpret: (Launch(), Launch()))
+    v = torch.zeros(70_000, 2, 1, 3, requires_grad=True)
+    wt = torch.zeros(70_000, 1, 9, 1, 3, requires_grad=True)
+    patchwise_aggregation_triton(v, wt, kernel_size=3).sum().backward()
+    assert grids == [(70_000, 1), (70_000, 1), (70_000, 1)]  # forward, weight gradient, value gradient
+
+
 def test_fake_tensor_shapes_and_dtype():
     from torch._subclasses.fake_tensor import FakeTensorMode
 

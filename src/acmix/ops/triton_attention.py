@@ -76,6 +76,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # 4 warps (64 x 256 logits) spilled 0.5-4.6 KiB per thread in every kernel and stride-1 head dim, 4x8 (8,192)
 # up to 13 KiB, while 4x4 and 2x8 (2,048) at 8 warps spill nothing in bf16/fp16 (tests/ops/test_triton.py)
 MAX_LOGITS = 8192
+# CUDA's cap on a grid's second dimension, where the kernels put batch x heads; past it they run on a 1-D grid
+MAX_GRID_Y = 65535
 # largest (rows x head dim) operand tile in bytes, for registers and shared memory alike (sm_90 builds, kernel 7
 # at stride 2: 128 KiB tiles needed 272 KiB of shared memory, over the H100/H200 limit of 227 KiB; 64 KiB ones
 # (bf16, head dim 128) fit it but spilled 208-360 bytes of registers, while the 32 KiB 4x2 tile spilled none)
@@ -198,12 +200,17 @@ def _launch_args(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, kernel: int,
             # float32 on the GPU: three TF32 products per dot (float32-level error, tensor cores); the
             # plain "ieee" float32 dot runs on FMA units and takes minutes to compile at these tile sizes
             "PREC": "tf32x3" if q.dtype == torch.float32 and not interpret else "ieee",
-            "BLOCK_D": block_d(hd)}
+            "BLOCK_D": block_d(hd), "FLAT": k.shape[0] * heads > MAX_GRID_Y}
     return strides, (heads, hd, h, w, ho, wo), meta
 
 
-def _query_grid(n: int, ho: int, wo: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
-    return lambda m: (-(-ho // m["TH"]) * -(-wo // m["TW"]), n)
+def _grid(n: int, rows: int, cols: int, flat: bool) -> Callable[[dict[str, Any]], tuple[int, ...]]:
+    """One program per ``TH x TW`` tile of a ``rows x cols`` map and per (batch, head): ``(tiles, n)``, or
+    ``(tiles * n,)`` where ``n`` is over :data:`MAX_GRID_Y` (``triton_kernels._program``)."""
+    def grid(m: dict[str, Any]) -> tuple[int, ...]:
+        tiles = -(-rows // m["TH"]) * -(-cols // m["TW"])
+        return (tiles * n,) if flat else (tiles, n)
+    return grid
 
 
 def _split_heads(t: Tensor, hd: int) -> tuple[int, ...]:
@@ -228,7 +235,7 @@ def _forward(q: Tensor, r: Tensor | None, k: Tensor, v: Tensor, conv: Tensor | N
     rates = ((required(rate_att, "rate_att").to(acc), required(rate_conv, "rate_conv").to(acc)) if mix
              else (None, None))
     cstrides = _split_heads(conv, hd) if conv is not None else (0,) * 5
-    mod.attention_fwd[_query_grid(b * heads, ho, wo)](
+    mod.attention_fwd[_grid(b * heads, ho, wo, meta["FLAT"])](
         q, r, k, v, out, lse, scale_t, conv, *rates, *strides, *_split_heads(out, hd), *cstrides, *sizes,
         MIX=mix, **meta)
     return out, lse
@@ -307,7 +314,7 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     mix = conv is not None
     gconv = torch.empty(n if mix else 0, ho, wo, device=q.device, dtype=acc)
     cstrides = _split_heads(conv, hd) if conv is not None else (0,) * 5
-    mod.attention_bwd_query[_query_grid(n, ho, wo)](
+    mod.attention_bwd_query[_grid(n, ho, wo, meta["FLAT"])](
         q, r, k, v, gout, *args, dq, dr if r is not None else None, conv, gconv, *strides, *gs, *dq.stride(), *drs,
         *cstrides, *sizes, MIX=mix, **meta)
 
@@ -317,7 +324,7 @@ def _backward_op(gout: Tensor, q: Tensor, r: Tensor | None, k: Tensor, v: Tensor
     own = [torch.empty(n, hd, h, w, device=q.device, dtype=acc) for _ in "kv"]
     rows = [torch.empty(n, hd, 2 * pad, wp, device=q.device, dtype=acc) for _ in "kv"]
     cols = [torch.empty(n, hd, h, 2 * pad, device=q.device, dtype=acc) for _ in "kv"]
-    mod.attention_bwd_key[lambda m: (-(-hp // m["TH"]) * -(-wp // m["TW"]), n)](
+    mod.attention_bwd_key[_grid(n, hp, wp, meta["FLAT"])](
         q, r, k, v, gout, *args, *own, *rows, *cols, *strides, *gs, *sizes, **meta)
     dk, dv = (_fold(*parts, pad).to(k.dtype).view(b, heads, hd, h, w) for parts in zip(own, rows, cols))
     return dq, dr, dk, dv, delta, gconv

@@ -140,19 +140,34 @@ def _rows(ptr, base, d, sd, y, sy, x, sx, mask):
 
 
 @triton.jit
+def _program(tiles, FLAT: tl.constexpr):
+    """(tile, batch x head) of this program.  The grid is ``(tiles, B * heads)``, or with ``FLAT``, where ``B *
+    heads`` passes the 65,535 that CUDA allows a grid's second dimension, one-dimensional: ``tiles`` programs
+    per (batch, head) in a row.  Two forms because the division raised the common case's registers (sm_90
+    builds of stage 1's forward)."""
+    if FLAT:
+        pid = tl.program_id(0)
+        pid_n = pid // tiles
+        pid_t = pid - pid_n * tiles
+    else:
+        pid_t = tl.program_id(0)
+        pid_n = tl.program_id(1)
+    return pid_t, pid_n.to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
+
+
+@triton.jit
 def _query_tile(q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr,
                 sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
                 skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                 HEADS, HD, H, W, HO, WO,
-                KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr, FLAT: tl.constexpr,
                 ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                 HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """This program's query tile and its halo: indices, window mask, v, locations and the logits."""
-    pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
+    tiles_w = (WO + TW - 1) // TW
+    pid_t, pid_n = _program(((HO + TH - 1) // TH) * tiles_w, FLAT)
     b = pid_n // HEADS
     hh = pid_n % HEADS
-    tiles_w = (WO + TW - 1) // TW
     ty = pid_t // tiles_w
     tx = pid_t % tiles_w
     pad = DIL * (KA - 1) // 2
@@ -202,7 +217,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, 
                   skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                   sob, soh, sod, soy, sox, scb, sch, scd, scy, scx,
                   HEADS, HD, H, W, HO, WO, MIX: tl.constexpr,
-                  KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                  KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr, FLAT: tl.constexpr,
                   ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                   HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """One TH x TW query tile of one (batch, head): logits over the halo, one-shot softmax, P @ V, LSE.
@@ -212,7 +227,7 @@ def attention_fwd(q_ptr, r_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, scale_ptr, c_ptr, 
     pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, _k, v, _lx, _ly, logits, _scale = _query_tile(
         q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
-        KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
+        KA, S, DIL, HAS_R, FLAT, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
     logits = tl.where(mask, logits, float("-inf"))
     m = _max(logits, 1)
     p = tl.where(mask, tl.exp(logits - m[:, None]), 0.0)
@@ -243,7 +258,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
                         sgb, sgh, sgd, sgy, sgx, s1b, s1h, s1d, s1y, s1x, s2b, s2h, s2c, s2y, s2x,
                         scb, sch, scd, scy, scx,
                         HEADS, HD, H, W, HO, WO, MIX: tl.constexpr,
-                        KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                        KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr, FLAT: tl.constexpr,
                         ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr,
                         TW: tl.constexpr, HALO_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dQ (at the strided query pixels; strides ``s1*``), dR (strides ``s2*``) and ``delta`` of one query tile.
@@ -256,7 +271,7 @@ def attention_bwd_query(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, 
     pid_n, b, hh, oy, ox, qvalid, d, qmask, mask, k, v, lx, ly, logits, scale = _query_tile(
         q_ptr, r_ptr, k_ptr, v_ptr, scale_ptr, sqb, sqh, sqd, sqy, sqx, srb, srh, src, sry, srx,
         skb, skh, skd, sky, skx, svb, svh, svd, svy, svx, HEADS, HD, H, W, HO, WO,
-        KA, S, DIL, HAS_R, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
+        KA, S, DIL, HAS_R, FLAT, ACC, PREC, BLOCK_D, TH, TW, HALO_W, BLOCK_K, BLOCK_Q)
     go = _rows(go_ptr, b * sgb + hh * sgh, d, sgd, oy, sgy, ox, sgx, qmask)
     lse = tl.load(lse_ptr + pid_n * HO * WO + oy * WO + ox, mask=qvalid, other=0.0).to(ACC)
     p = tl.where(mask, tl.exp(logits - lse[:, None]), 0.0)
@@ -288,7 +303,7 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
                       skb, skh, skd, sky, skx, svb, svh, svd, svy, svx,
                       sgb, sgh, sgd, sgy, sgx,
                       HEADS, HD, H, W, HO, WO,
-                      KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr,
+                      KA: tl.constexpr, S: tl.constexpr, DIL: tl.constexpr, HAS_R: tl.constexpr, FLAT: tl.constexpr,
                       ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                       SPAN_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Q: tl.constexpr):
     """dK, dV of one TH x TW tile of the reflect-padded key grid, over every query whose window holds it.
@@ -299,14 +314,13 @@ def attention_bwd_key(q_ptr, r_ptr, k_ptr, v_ptr, go_ptr, lse_ptr, delta_ptr, sc
     (the ``2 pad`` padded columns outside them, of the other rows: ``(B*heads, HD, H, 2 pad)``), all
     contiguous; the caller adds the bands onto their source pixels.
     """
-    pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1).to(tl.int64)  # 64-bit offsets: batch x channels x pixels may pass 2^31
-    b = pid_n // HEADS
-    hh = pid_n % HEADS
     pad = DIL * (KA - 1) // 2
     hp = H + 2 * pad
     wp = W + 2 * pad
     tiles_w = (wp + TW - 1) // TW
+    pid_t, pid_n = _program(((hp + TH - 1) // TH) * tiles_w, FLAT)
+    b = pid_n // HEADS
+    hh = pid_n % HEADS
     py0 = (pid_t // tiles_w) * TH
     px0 = (pid_t % tiles_w) * TW
     ext = DIL * (KA - 1)

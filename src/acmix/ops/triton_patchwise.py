@@ -78,9 +78,12 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
                    K: tl.constexpr, GRAD_WEIGHT: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Forward (``a`` = weight, rows = value channels) or weight gradient (``a`` = grad_out, rows = weight channels)."""
-    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # grid: (pixel tiles, row blocks, batch)
+    # grid: (batch x pixel tiles, row blocks); the batch is folded into the first dimension, the only one
+    # CUDA does not cap at 65,535
+    tiles = (NPIX + BLOCK_P - 1) // BLOCK_P
+    b = (tl.program_id(0) // tiles).to(tl.int64)
+    pix = (tl.program_id(0) % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
     rows = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    b = tl.program_id(2).to(tl.int64)
     row_ok = rows < (CW if GRAD_WEIGHT else C)
     # forward rows are value channels ordered so that the C / CW channels sharing a weight map are adjacent:
     # each weight map is then read from memory by one program only
@@ -121,15 +124,16 @@ def _window_kernel(v_ptr, a_ptr, out_ptr, C, CW, H, W, WO, NPIX, PAD, PERIOD_H, 
         tl.store(o_base, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, n_h_ptr, tab_w_ptr, n_w_ptr, C, CW, W, X_TILES, MH, MW,
+def _value_grad_kernel(g_ptr, w_ptr, out_ptr, tab_h_ptr, n_h_ptr, tab_w_ptr, n_w_ptr, C, CW, H, W, X_TILES, MH, MW,
                        sgb, sgc, sgh, sgw, swb, swc, swj, swh, sww, sob, soc, soh, sow,
                        K: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``d_v[b, c, y, x]`` for one source row ``y`` and a tile of columns: the pairs that read each pixel."""
-    y = tl.program_id(0) // X_TILES  # grid: (source rows x column tiles, channel blocks, batch)
-    x_tile = tl.program_id(0) % X_TILES
+    tile = tl.program_id(0) % (H * X_TILES)  # grid: (batch x source rows x column tiles, channel blocks)
+    b = (tl.program_id(0) // (H * X_TILES)).to(tl.int64)
+    y = tile // X_TILES
+    x_tile = tile % X_TILES
     x = x_tile * BLOCK_P + tl.arange(0, BLOCK_P)
     rows = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    b = tl.program_id(2).to(tl.int64)
     ch_ok = rows < C
     x_ok = x < W
     w_row = rows // (C // CW)  # the share copies of a weight map adjacent, as in the forward
@@ -201,7 +205,7 @@ def _window_call(v: Tensor, a: Tensor, out: Tensor, kernel_size: int, stride: in
     interpret, guard, acc = _launch_setup(v, a)
     rows = cw if grad_weight else c
     block_c, block_p = min(16, triton.next_power_of_2(rows)), min(64, triton.next_power_of_2(ho * wo))
-    grid = (triton.cdiv(ho * wo, block_p), triton.cdiv(rows, block_c), b)
+    grid = (b * triton.cdiv(ho * wo, block_p), triton.cdiv(rows, block_c))
     with guard:
         _kernels(interpret)[0][grid](
             v, a5, o5, c, cw, h, w, wo, ho * wo, dilation * (kernel_size - 1) // 2,
@@ -237,10 +241,10 @@ def _backward(grad: Tensor, v: Tensor, weight: Tensor, kernel_size: int, stride:
     tab_h, n_h, mh = _preimages(h, ho, kernel_size, stride, dilation, 1, v.device)
     tab_w, n_w, mw = _preimages(w, wo, kernel_size, stride, dilation, block_p, v.device)
     interpret, guard, acc = _launch_setup(v, weight)
-    grid = (h * n_w.numel(), triton.cdiv(c, block_c), b)
+    grid = (b * h * n_w.numel(), triton.cdiv(c, block_c))
     with guard:
         _kernels(interpret)[1][grid](
-            grad, weight, d_v, tab_h, n_h, tab_w, n_w, c, cw, w, n_w.numel(), mh, mw, *grad.stride(),
+            grad, weight, d_v, tab_h, n_h, tab_w, n_w, c, cw, h, w, n_w.numel(), mh, mw, *grad.stride(),
             *weight.stride(), *d_v.stride(), K=kernel_size, ACC=acc, BLOCK_C=block_c, BLOCK_P=block_p)
     return d_v, d_weight
 
