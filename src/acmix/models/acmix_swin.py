@@ -144,7 +144,8 @@ class WindowAttentionACmix(ConvPathMixer):
         return self.proj_drop(self.combine(att, conv))
 
     def uncounted_macs(self, inputs: tuple, output: Tensor) -> int:
-        """0: the window attention is matmuls (SDPA), which FLOP counters see."""
+        """0: the window attention is SDPA, which ``FlopCounterMode`` counts on its math path and CUDA kernels but
+        not in torch 2.14's fused CPU kernel (the README's MACs are counted under ``SDPBackend.MATH``)."""
         return 0
 
     def extra_repr(self) -> str:

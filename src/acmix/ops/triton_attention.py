@@ -74,7 +74,8 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # most (query, key) logits one program holds; larger tiles are pruned.  Registers, not shared memory, bound
 # the tile: built for sm_90 (benchmarks/kernel_resources.py --tile 8x8x4 4x8x4), an 8x8 tile of kernel 7 at
 # 4 warps (64 x 256 logits) spilled 0.5-4.6 KiB per thread in every kernel and stride-1 head dim, 4x8 (8,192)
-# up to 13 KiB, while 4x4 and 2x8 (2,048) at 8 warps spill nothing in bf16/fp16 (tests/ops/test_triton.py)
+# up to 13 KiB, while 4x4 (2,048) at 8 warps spills nothing in bf16/fp16 (tests/ops/test_triton.py) but at
+# stride 2 and head dim 128, which MAX_TILE_BYTES gives to 4x2; 2x8 (--tile 2x8x8) spills 8-952 bytes at 128
 MAX_LOGITS = 8192
 # CUDA's cap on a grid's second dimension, where the kernels put batch x heads; past it they run on a 1-D grid
 MAX_GRID_Y = 65535

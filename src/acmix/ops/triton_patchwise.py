@@ -1,7 +1,7 @@
 """SAN's patchwise aggregation (:mod:`acmix.ops.patchwise`) in Triton kernels, forward and backward.
 
 Semantics are exactly those of :func:`acmix.ops.patchwise.patchwise_aggregation_reference`
-(``docs/operator.md``): ``out[b, c, i] = sum_j weight[b, c % Cw, j, i] * v[b, c, window_j(i)]``
+(``docs/models.md``, SAN): ``out[b, c, i] = sum_j weight[b, c % Cw, j, i] * v[b, c, window_j(i)]``
 with reflect padding (iterated on tiny maps), stride and dilation.  Why each
 kernel is exact and how the dispatcher picks it: ``docs/fast-paths.md``.
 
