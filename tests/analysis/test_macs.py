@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from acmix import ACmix
@@ -29,3 +30,15 @@ def test_counts_a_plain_conv_and_adds_hooked_modules():
 def test_conv_only_has_no_uncounted_macs():
     layer = ACmix(8, 8, combination="conv")
     assert layer.uncounted_macs((torch.zeros(1, 8, 4, 4),), torch.zeros(1, 8, 4, 4)) == 0
+
+
+def test_counts_scaled_dot_product_attention_on_every_device():
+    """SDPA (Swin's and PVT's attention) counted as its two matmuls, whichever kernel the device would pick
+    (the FLOP counter scores fused CPU kernels 0)."""
+
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, heads, L, E) as q, k and v
+            return F.scaled_dot_product_attention(x, x, x)
+
+    b, heads, length, dim = 2, 3, 16, 8
+    assert count_macs(Attention(), (b, heads, length, dim)) == 2 * b * heads * length * length * dim

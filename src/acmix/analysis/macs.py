@@ -5,8 +5,9 @@ convolutions but give 0 for attention written as multiply + sum over windows
 (docs/fast-paths.md).  ``count_macs`` therefore adds, for every module that
 defines ``uncounted_macs(inputs, output) -> int``, the MACs its elementwise
 work costs, computed analytically from the shapes it saw.  The model runs on
-the reference backend so the count does not depend on which fast path is
-installed.
+the reference backend, and ``scaled_dot_product_attention`` (Swin's and PVT's
+attention) on its math path, so the count does not depend on which fast path
+is installed: the FLOP counter scores the fused CPU SDPA kernels 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..ops.functional import Backend, use_backend
@@ -37,7 +39,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224),
     model.eval()
     try:
         x = torch.zeros(input_size, device=device, dtype=dtype)
-        with use_backend(Backend.REFERENCE), FlopCounterMode(display=False) as counter:
+        with use_backend(Backend.REFERENCE), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         for h in handles:

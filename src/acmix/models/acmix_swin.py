@@ -144,8 +144,7 @@ class WindowAttentionACmix(ConvPathMixer):
         return self.proj_drop(self.combine(att, conv))
 
     def uncounted_macs(self, inputs: tuple, output: Tensor) -> int:
-        """0: the window attention is SDPA, which ``FlopCounterMode`` counts on its math path and CUDA kernels but
-        not in torch 2.14's fused CPU kernel (the README's MACs are counted under ``SDPBackend.MATH``)."""
+        """0: the window attention is SDPA, whose matmuls ``count_macs`` counts (on SDPA's math path)."""
         return 0
 
     def extra_repr(self) -> str:
