@@ -110,3 +110,21 @@ def test_resumable_sampler_skips_consumed_samples(fmnist_dir: Path) -> None:
     full = list(loader.sampler)
     loader.sampler.set_start(16)
     assert list(loader.sampler) == full[16:] and len(loader) == len(full) // 8 - 2
+
+
+def test_training_transform_takes_auto_augment_and_interpolation() -> None:
+    """RandAugment (the Swin and PVT presets) and the interpolation reach timm's training transform."""
+    from torchvision.transforms import InterpolationMode
+
+    from acmix.train.build import build_transform
+    from acmix.train.config import TrainConfig
+
+    cfg = TrainConfig(auto_augment="rand-m9-mstd0.5-inc1")
+    data = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+            "crop_pct": 1.0}
+    steps = build_transform(cfg, data, train=True).transforms
+    names = [type(t).__name__ for t in steps]
+    assert "RandAugment" in names, names
+    assert steps[0].interpolation == InterpolationMode.BICUBIC
+    plain = [type(t).__name__ for t in build_transform(TrainConfig(), data, train=True).transforms]
+    assert "RandAugment" not in plain

@@ -107,7 +107,8 @@ def build_transform(cfg: TrainConfig, data: dict[str, Any], train: bool) -> Call
                                 mean=data["mean"], std=data["std"], crop_pct=data["crop_pct"])
     return create_transform(
         data["input_size"], is_training=True, scale=_pair(cfg.scale), ratio=_pair(cfg.ratio),
-        hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,  # type: ignore[arg-type]  # timm takes None: no jitter auto_augment=cfg.auto_augment, interpolation=data["interpolation"],
+        hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,  # type: ignore[arg-type]  # timm: None, no jitter
+        auto_augment=cfg.auto_augment, interpolation=data["interpolation"],
         mean=data["mean"], std=data["std"], re_prob=cfg.re_prob)
 
 
