@@ -54,10 +54,10 @@ def choose_recipe(cfg: TrainConfig, given: Iterable[str]) -> tuple[TrainConfig, 
         return cfg, (f"recipe: ImageNet-style defaults (data: {what}; random-resized crops and flips suit images "
                      f"larger than {SMALL_SIDE} px); --preset chooses another")
     given = set(given)
-    chosen = {k: v for k, v in SMALL_RECIPE.items() if k not in given}
-    if "input_size" not in given and kind == "imagefolder":
-        chosen["input_size"] = [3, h, w]  # ImageFolder images are read as RGB
-    new = dataclasses.replace(cfg, **chosen)
+    recipe = {**SMALL_RECIPE, **({"input_size": [3, h, w]} if kind == "imagefolder" else {})}  # read as RGB
+    new = dataclasses.replace(cfg, **{k: v for k, v in recipe.items() if k not in given})
     validate(new)
-    return new, (f"recipe: small-image (data: {what}; at most {SMALL_SIDE} px: whole images without crops or "
-                 f"flips, AdamW lr {new.lr:g}); --preset chooses another")
+    kept = sorted(given & recipe.keys())  # the line must not claim AdamW or no crops when flags say otherwise
+    how = (f"for the settings not given; kept from the flags: {', '.join(kept)}" if kept else
+           f"whole images without crops or flips, AdamW lr {new.lr:g}")
+    return new, f"recipe: small-image (data: {what}; at most {SMALL_SIDE} px: {how}); --preset chooses another"
