@@ -47,6 +47,10 @@ class FPNBackbone(nn.Module):
     def __init__(self, body: nn.Module, reductions: Sequence[int], out_channels: int = 256,
                  extra_blocks: str | None = "pool") -> None:
         super().__init__()
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels <= 0:
+            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        if not reductions:  # an FPN over no level builds, then fails at its first forward
+            raise ValueError("reductions is empty; give the feature levels, e.g. (4, 8, 16, 32)")
         info = cast("FeatureInfo", body.feature_info)  # timm's features_only models carry one
         have = list(info.reduction())
         missing = [r for r in reductions if r not in have]
@@ -94,6 +98,8 @@ def detector(kind: str, name: str, num_classes: int, *, out_channels: int = 256,
     """
     if kind not in DETECTORS:
         raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, DETECTORS))}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1 (torchvision counts the background), got {num_classes!r}")
     path, reductions, extra = DETECTORS[kind]
     module, _, cls = path.rpartition(".")
     backbone = fpn_backbone(name, reductions=reductions, out_channels=out_channels, extra_blocks=extra,
