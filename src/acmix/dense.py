@@ -76,6 +76,12 @@ class FPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), feats[j]) for i, j in enumerate(self.levels)))
 
 
+def _check_name(name: str) -> None:
+    """One ``ValueError`` for a name timm does not know (timm raises a ``RuntimeError``)."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}")
+
+
 def fpn_backbone(name: str, *, reductions: Sequence[int] = (4, 8, 16, 32), out_channels: int = 256,
                  extra_blocks: str | None = "pool", pretrained: bool = False, **model_kwargs: Any) -> FPNBackbone:
     """``timm.create_model(name, features_only=True, ...)`` + FPN, for any ACmix (or timm) family.
@@ -84,6 +90,7 @@ def fpn_backbone(name: str, *, reductions: Sequence[int] = (4, 8, 16, 32), out_c
     RetinaNet / FCOS: 8-32 with ``"p6p7"``); ``model_kwargs`` go to the model
     (e.g. ``depths``, ``embed_dims``, ``pretrained_cfg_overlay``).
     """
+    _check_name(name)
     body = timm.create_model(name, pretrained=pretrained, features_only=True, **model_kwargs)
     return FPNBackbone(body, reductions, out_channels, extra_blocks)
 
@@ -113,6 +120,7 @@ def dilatable(name: str) -> bool:
     ResNet-ACmix (timm's ByobNet) dilates its later stages; the transformer-style
     families (SAN, PVT, Swin) have no dilated form of their downsampling and cannot.
     """
+    _check_name(name)
     with torch.device("meta"):
         try:
             timm.create_model(name, features_only=True, output_stride=16)
@@ -140,5 +148,8 @@ def segmentation_model(arch: str, name: str, *, output_stride: int | None = None
             raise ValueError(f"{name} cannot run at output_stride={output_stride}: its stages downsample in "
                              f"patch embeddings or merges, not in dilatable convs (use Unet, FPN or UPerNet)")
         kwargs["encoder_output_stride"] = output_stride
-    return smp.create_model(arch, encoder_name=f"tu-{name}", encoder_weights="imagenet" if pretrained else None,
-                            classes=classes, **kwargs)
+    try:
+        return smp.create_model(arch, encoder_name=f"tu-{name}", encoder_weights="imagenet" if pretrained else None,
+                                classes=classes, **kwargs)
+    except KeyError as e:  # smp: an unknown architecture, with the list of known ones
+        raise ValueError(str(e.args[0]) if e.args else f"arch={arch!r} is not an smp architecture") from None

@@ -151,3 +151,10 @@ def test_export_model_and_convert_checks_before_work(tmp_path: Path, capsys: pyt
         capsys, ["eval", "--model", "acmix_resnet_tiny", "--checkpoint", str(tmp_path / "other.pth"),
                  "--pretrained-file", str(tmp_path / "other.pth")])
     assert not (tmp_path / "m.pt2").exists()
+
+
+def test_folders_where_files_belong_are_named(fmnist_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data", str(fmnist_dir), "--output", str(tmp_path / "o"), "-j", "0", "-b", "16"]
+    assert f"preset file '{tmp_path}' is a folder" in _error(capsys, [*base, "--preset", str(tmp_path)])
+    assert f"checkpoint '{tmp_path}' is a folder, not a file" in _error(capsys, [*base, "--resume", str(tmp_path)])

@@ -88,6 +88,8 @@ def test_bad_arguments():
         fpn_backbone("acmix_pvt_tiny", extra_blocks="p5", **TINY["acmix_pvt_tiny"])
     with pytest.raises(ValueError, match=r"kind='yolo' is not one of"):
         detector("yolo", "acmix_pvt_tiny", 3)
+    with pytest.raises(ValueError, match=r"^unknown model 'nope'$"):
+        fpn_backbone("nope")
     with pytest.raises(ValueError, match=r"^reductions is empty"):
         fpn_backbone("acmix_pvt_tiny", reductions=(), **TINY["acmix_pvt_tiny"])
     with pytest.raises(ValueError, match=r"^out_channels must be a positive int, got 0$"):

@@ -96,3 +96,20 @@ def test_empty_batch_runs(name):
     m = timm.create_model(name).eval()
     with torch.no_grad():
         assert m(torch.zeros(0, 3, 64, 64)).shape == (0, 1000)
+
+
+def test_tiny_forward_intermediates_equal_features_only():
+    """timm's forward_intermediates (was missing on acmix_resnet_tiny): the features_only maps and the
+    forward_features output, for every selection."""
+    m = timm.create_model("acmix_resnet_tiny").eval()
+    f = timm.create_model("acmix_resnet_tiny", features_only=True).eval()
+    f.load_state_dict(m.state_dict(), strict=False)
+    x = torch.randn(2, 1, 17, 12)
+    with torch.no_grad():
+        final, maps = m.forward_intermediates(x)
+        assert torch.equal(final, m.forward_features(x))
+        assert all(torch.equal(a, b) for a, b in zip(maps, f(x), strict=True))
+        assert [t.shape[1] for t in m.forward_intermediates(x, indices=1, intermediates_only=True)] == [64]
+        assert torch.equal(m.forward_intermediates(x, indices=[0], stop_early=True)[0], maps[0])
+    with pytest.raises(ValueError, match="output_fmt='NHWC'"):
+        m.forward_intermediates(x, output_fmt="NHWC")

@@ -113,7 +113,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
-            raise ValueError(f"preset file {str(path)!r} does not exist")
+            raise ValueError(f"preset file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
         text = path.read_text()
     else:
         res = resources.files("acmix.train") / "presets" / f"{name_or_path}.json"
