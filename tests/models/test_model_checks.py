@@ -21,6 +21,7 @@ CHEAP = ("acmix_resnet_tiny", "acmix_san10")  # one timm-built (features_only vi
     ({"features_only": True, "out_indices": (7,)}, "out_indices=(7,) is out of range; valid feature levels are 0-"),
     ({"features_only": True, "out_indices": (-9,)}, "out_indices=(-9,) is out of range"),
     ({"features_only": True, "out_indices": ()}, "out_indices=() is out of range"),
+    ({"features_only": True, "out_indices": (1, -1, 1)}, "out_indices=(1, -1, 1) names a feature level twice"),
 ])
 def test_bad_options_get_one_line(name, kwargs, words):
     with pytest.raises(ValueError, match="^" + name) as e:

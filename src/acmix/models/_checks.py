@@ -61,6 +61,9 @@ def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int,
         if bad or not items:
             raise ValueError(f"{variant}: out_indices={indices!r} is out of range; valid feature levels are "
                              f"0-{num_features - 1} (or -{num_features} to -1)")
+        levels = [int(i) % num_features for i in items]
+        if len(set(levels)) != len(levels):  # timm returns each level once; feature_info would list it twice
+            raise ValueError(f"{variant}: out_indices={indices!r} names a feature level twice")
 
 
 def _refuse_wrong_channels(variant: str, conv: nn.Conv2d, args: tuple[Any, ...]) -> None:
