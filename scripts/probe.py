@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         ws["run_bytes"] = Path(tmp) / "run-last.pth"
         ws["run_bytes"].write_bytes((ws["run"] / "last.pth").read_bytes())
         counts = run_cases(cases, ws, args.verbose)
-    total = sum(counts.values())
+    total = sum(counts[o] for o in OUTCOMES)  # not the "unexplained" tally
     print(f"{total} cases: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES))
     if args.json:
         Path(args.json).write_text(json.dumps({o: counts[o] for o in OUTCOMES}, indent=2) + "\n")
