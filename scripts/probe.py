@@ -32,6 +32,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -248,6 +249,23 @@ def _eval(*extra: str) -> list[str]:
     return ["eval", "--checkpoint", "{run}/last.pth", "--data", "{data}", "-j", "0", *extra]
 
 
+def _train_api(**over: Any) -> Callable[[dict[str, Path]], Any]:
+    """``acmix.train.train`` on a ``TrainConfig`` built in Python, the tiny model on the workspace data."""
+    def call(ws: dict[str, Path]) -> Any:
+        from acmix.train import TrainConfig, train
+
+        base = {"model": "acmix_resnet_tiny", "model_kwargs": json.loads(TINY), "data": str(ws["data"]),
+                "epochs": 1, "batch_size": 16, "workers": 0, "plot": False, "output": str(ws["tmp"] / "o")}
+        return train(TrainConfig(**{**base, **over}))
+    return call
+
+
+def _resolve(over: dict[str, Any]) -> Any:
+    from acmix.train import resolve_config
+
+    return resolve_config(overrides=over)
+
+
 def _short(argv: list[str]) -> str:
     """A case name from its command line, without the placeholder folders."""
     return " ".join(a.replace("{tmp}/", "").replace("{run}/", "") for a in argv)
@@ -424,6 +442,20 @@ CASES: list[Case] = [
          ["bench-models", *BENCH_MODELS, "--img-size", "7", "--json", "{tmp}/b.json"]),
     Case("bench-models --modes train", "ok", ["bench-models", *BENCH_MODELS[:-2], "--modes", "train", "--json",
                                               "{tmp}/b.json"]),
+    *([Case("train --device cuda without CUDA", "error", _train("{tmp}/o", "--device", "cuda")),
+       Case("eval --device cuda without CUDA", "error", _eval("--device", "cuda"))] if not torch.cuda.is_available()
+      else []),
+    # the Python training API: a TrainConfig built by hand, resolve_config's overrides
+    *[Case(f"train(TrainConfig({name}))", "error", call=_train_api(**over)) for name, over in (
+        ("epochs=0", {"epochs": 0}), ("smoothing=2", {"smoothing": 2.0}), ("lr=nan", {"lr": math.nan}),
+        ("lr=-1", {"lr": -1.0}), ("batch_size=0", {"batch_size": 0}), ("opt='nope'", {"opt": "nope"}))],
+    Case("train(TrainConfig(max_steps=1))", "ok", call=_train_api(max_steps=1), check=_finite_or_absent("o/last.pth")),
+    Case("train() of a dict", "error", call=lambda ws: __import__("acmix.train").train.train({"lr": 0.1})),
+    *[Case(f"resolve_config {name}", "error", call=lambda ws, over=over: _resolve(over)) for name, over in (
+        ("unknown key", {"bogus": 1}), ("epochs=1.5", {"epochs": 1.5}), ("batch_size=True", {"batch_size": True}),
+        ("input_size [1, 28]", {"input_size": [1, 28]}), ("model_kwargs None", {"model_kwargs": None}),
+        ("opt_betas [0.9]", {"opt_betas": [0.9]}), ("scale [0.5, 0.1]", {"scale": [0.5, 0.1]}),
+        ("mean with nan", {"mean": [math.nan, 0, 0]}))],
     Case("presets", "ok", ["presets"]),
     Case("no subcommand", "error", []),
     Case("unknown subcommand", "error", ["nope"]),
