@@ -32,6 +32,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -248,6 +249,33 @@ def _eval(*extra: str) -> list[str]:
     return ["eval", "--checkpoint", "{run}/last.pth", "--data", "{data}", "-j", "0", *extra]
 
 
+def _train_api(**over: Any) -> Callable[[dict[str, Path]], Any]:
+    """``acmix.train.train`` on a ``TrainConfig`` built in Python, the tiny model on the workspace data."""
+    def call(ws: dict[str, Path]) -> Any:
+        from acmix.train import TrainConfig, train
+
+        base = {"model": "acmix_resnet_tiny", "model_kwargs": json.loads(TINY), "data": str(ws["data"]),
+                "epochs": 1, "batch_size": 16, "workers": 0, "plot": False, "output": str(ws["tmp"] / "o")}
+        return train(TrainConfig(**{**base, **over}))
+    return call
+
+
+def _resolve(over: dict[str, Any]) -> Any:
+    from acmix.train import resolve_config
+
+    return resolve_config(overrides=over)
+
+
+def _short(argv: list[str]) -> str:
+    """A case name from its command line, without the placeholder folders."""
+    return " ".join(a.replace("{tmp}/", "").replace("{run}/", "") for a in argv)
+
+
+def _export_model(*extra: str) -> list[str]:
+    return ["export-model", "acmix_resnet_tiny", "--model-kwargs", TINY, "--in-chans", "1", "--size", "16x16",
+            "--check-size", "20x12", *extra]
+
+
 CASES: list[Case] = [
     # training must never destroy work
     Case("rerun into a run folder", "error", _train("{run}"), check=_unchanged),
@@ -343,6 +371,94 @@ CASES: list[Case] = [
         ("eval --pretrained-file", "malicious",
          ["eval", "--model", "acmix_swin_tiny", "--pretrained-file", "{tmp}/evil.pth"], _evil),
         ("export", "truncated", ["export", "{tmp}/cut.pth", "{tmp}/o.safetensors"], _files))],
+    # second probe: export-model, paper, convert-swin, eval and train values not covered above
+    *[Case(f"export-model {name}", "error", _export_model(*extra), setup=_files) for name, extra in (
+        ("with nothing to write", ()), ("--onnx m.txt", ("--onnx", "{tmp}/m.txt")),
+        ("--size 0x4", ("--size", "0x4")), ("--size abc", ("--size", "abc")),
+        ("--batch 0", ("--batch", "0", "--exported-program", "{tmp}/m.pt2")),
+        ("--batch -1", ("--batch", "-1", "--exported-program", "{tmp}/m.pt2")),
+        ("--in-chans 0", ("--in-chans", "0", "--exported-program", "{tmp}/m.pt2")),
+        ("--rtol -1", ("--rtol", "-1", "--exported-program", "{tmp}/m.pt2")),
+        ("--rtol nan", ("--rtol", "nan", "--exported-program", "{tmp}/m.pt2")),
+        ("--model-kwargs notjson", ("--model-kwargs", "notjson", "--exported-program", "{tmp}/m.pt2")),
+        ("--model-kwargs [1]", ("--model-kwargs", "[1]", "--exported-program", "{tmp}/m.pt2")),
+        ("--checkpoint missing", ("--checkpoint", "{tmp}/missing.pth", "--exported-program", "{tmp}/m.pt2")),
+        ("--checkpoint garbage", ("--checkpoint", "{tmp}/garbage.pth", "--exported-program", "{tmp}/m.pt2")),
+        ("into a folder that is a file", ("--exported-program", "{tmp}/file/m.pt2")))],
+    Case("export-model unknown model", "error", ["export-model", "nope", "--exported-program", "{tmp}/m.pt2"]),
+    Case("export-model --checkpoint of another model", "error",
+         ["export-model", "acmix_resnet_tiny", "--in-chans", "1", "--size", "16x16", "--checkpoint", "{run}/last.pth",
+          "--exported-program", "{tmp}/m.pt2"]),
+    Case("export-model --checkpoint of a finished run", "ok",
+         _export_model("--checkpoint", "{run}/last.pth", "--exported-program", "{tmp}/m.pt2")),
+    Case("paper rates of a finished run", "ok", ["paper", "rates", "{run}/last.pth", "--out", "{tmp}/o"]),
+    *[Case(f"paper {_short(argv)}", "error", ["paper", *argv, "--out", "{tmp}/o"], setup=_files)
+      for argv in (
+        ["rates", "{tmp}/missing.pth"], ["rates", "{tmp}/garbage.pth"],
+        ["rates", "{run}/last.pth", "--labels", "a", "b"],
+        ["stage-costs", "--quick", "--batch", "0"], ["stage-costs", "--quick", "--rounds", "0"],
+        ["stage-costs", "--quick", "--model", "nope"], ["stage-costs", "--quick", "--img-size", "0", "--no-time"],
+        ["stage-costs", "--quick", "--device", "nonsense"], ["shift-speed", "--quick", "--batch", "0"],
+        ["shift-speed", "--quick", "--rounds", "-1"], ["family-speed", "--quick", "--models", "nope"],
+        ["family-speed", "--quick", "--batch-size", "0"], ["family-speed", "--quick", "--img-size", "-5"],
+        ["ablation", "--quick", "--variants", "nope"], ["ablation", "--quick", "--seeds", "0"],
+        ["ablation", "--quick", "--epochs", "0", "--data", "{data}"],
+        ["ablation", "--quick", "--threads", "-1", "--data", "{data}"],
+        ["ablation", "--quick", "--set", "bogus=1", "--data", "{data}"],
+        ["ablation", "--quick", "--set", "lr=-1", "--data", "{data}"],
+        ["ablation", "--quick", "--set", "noequals", "--data", "{data}"],
+        ["ablation", "--quick", "--data", "/nonexistent/acmix"], ["ablation", "--report-only"])],
+    *[Case(f"paper {cmd} --out into a file", "error", ["paper", *argv, "--out", "{tmp}/file/o"], setup=_files)
+      for cmd, argv in (("rates", ["rates", "{run}/last.pth"]),
+                        ("stage-costs", ["stage-costs", "--quick", "--no-time"]))],
+    Case("convert-swin a plain run checkpoint (unwrapped as any)", "ok",
+         ["convert-swin", "{run}/last.pth", "{tmp}/o.pth"]),
+    Case("convert-swin into a folder that is a file", "error", ["convert-swin", "{run}/last.pth", "{tmp}/file/o.pth"],
+         setup=_files),
+    *[Case(f"eval {name}", "error", argv, setup=_files) for name, argv in (
+        ("--results into a folder", _eval("--results", "{tmp}")),
+        ("--pretrained-file missing", ["eval", "--model", "acmix_resnet_tiny", "--pretrained-file", "{tmp}/missing.pth",
+                                       "--data", "{data}"]),
+        ("--checkpoint with --pretrained-file", _eval("--pretrained-file", "{run}/last.pth")),
+        ("--crop-pct 0 (not an eval flag)", _eval("--crop-pct", "0")),
+        ("--model-kwargs with an unknown key", _eval("--model-kwargs", '{"bogus": 1}')),
+        ("--batch-size -3", _eval("-b", "-3")))],
+    Case("eval --subset 0 (all)", "ok", _eval("--subset", "0")),
+    *[Case(f"train {' '.join(extra)}", "error", _train("{tmp}/o", *extra), setup=_files) for extra in (
+        ("--input-size", "1", "2"), ("--max-steps", "-1"), ("--checkpoint-every", "-1"), ("--seed", "-1"),
+        ("--lr", "0"), ("--model-ema", "--model-ema-decay", "nan"), ("--mixup", "nan"), ("--smoothing", "nan"),
+        ("--weight-decay", "inf"), ("--clip-grad", "nan"), ("--drop-path-rate", "nan"), ("--grad-accum", "-1"),
+        ("--val-split", "nope"), ("--resume", "{tmp}"))],
+    Case("train --output onto a file", "error", _train("{tmp}/file"), setup=_files),
+    Case("train --warmup-epochs 5 of 1", "ok", _train("{tmp}/o", "--warmup-epochs", "5", "--max-steps", "1")),
+    Case("train --train-subset 0 (all)", "ok", _train("{tmp}/o", "--train-subset", "0", "--max-steps", "1")),
+    *[Case(f"preset {name}", "error", ["train", "--data", "{data}", "--output", "{tmp}/o", "--preset", preset],
+           setup=setup) for name, preset, setup in (
+        ("lr NaN", "{tmp}/p.json", _preset('{"lr": NaN}')), ("lr 'fast'", "{tmp}/p.json", _preset('{"lr": "fast"}')),
+        ("model_kwargs a list", "{tmp}/p.json", _preset('{"model_kwargs": [1]}')),
+        ("an empty file", "{tmp}/p.json", _preset("")), ("a folder", "{tmp}", None))],
+    Case("bench --dtype float16 on the CPU", "error", ["bench", "--", *BENCH, "--dtype", "float16"]),
+    Case("bench-models --img-size 7", "ok",
+         ["bench-models", *BENCH_MODELS, "--img-size", "7", "--json", "{tmp}/b.json"]),
+    Case("bench-models --modes train", "ok", ["bench-models", *BENCH_MODELS[:-2], "--modes", "train", "--json",
+                                              "{tmp}/b.json"]),
+    *([Case("train --device cuda without CUDA", "error", _train("{tmp}/o", "--device", "cuda")),
+       Case("eval --device cuda without CUDA", "error", _eval("--device", "cuda"))] if not torch.cuda.is_available()
+      else []),
+    # the Python training API: a TrainConfig built by hand, resolve_config's overrides
+    *[Case(f"train(TrainConfig({name}))", "error", call=_train_api(**over)) for name, over in (
+        ("epochs=0", {"epochs": 0}), ("smoothing=2", {"smoothing": 2.0}), ("lr=nan", {"lr": math.nan}),
+        ("lr=-1", {"lr": -1.0}), ("batch_size=0", {"batch_size": 0}), ("opt='nope'", {"opt": "nope"}))],
+    Case("train(TrainConfig(max_steps=1))", "ok", call=_train_api(max_steps=1), check=_finite_or_absent("o/last.pth")),
+    Case("train() of a dict", "error", call=lambda ws: __import__("acmix.train").train.train({"lr": 0.1})),
+    *[Case(f"resolve_config {name}", "error", call=lambda ws, over=over: _resolve(over)) for name, over in (
+        ("unknown key", {"bogus": 1}), ("epochs=1.5", {"epochs": 1.5}), ("batch_size=True", {"batch_size": True}),
+        ("input_size [1, 28]", {"input_size": [1, 28]}), ("model_kwargs None", {"model_kwargs": None}),
+        ("opt_betas [0.9]", {"opt_betas": [0.9]}), ("scale [0.5, 0.1]", {"scale": [0.5, 0.1]}),
+        ("mean with nan", {"mean": [math.nan, 0, 0]}))],
+    Case("presets", "ok", ["presets"]),
+    Case("no subcommand", "error", []),
+    Case("unknown subcommand", "error", ["nope"]),
     # data in loader workers
     Case("corrupt image, --workers 2", "error",
          ["train", "--model", "acmix_resnet_tiny", "--model-kwargs", TINY, "--data", "{images}", "--epochs", "1",
@@ -379,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         ws["run_bytes"] = Path(tmp) / "run-last.pth"
         ws["run_bytes"].write_bytes((ws["run"] / "last.pth").read_bytes())
         counts = run_cases(cases, ws, args.verbose)
-    total = sum(counts.values())
+    total = sum(counts[o] for o in OUTCOMES)  # not the "unexplained" tally
     print(f"{total} cases: " + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES))
     if args.json:
         Path(args.json).write_text(json.dumps({o: counts[o] for o in OUTCOMES}, indent=2) + "\n")

@@ -47,6 +47,10 @@ class FPNBackbone(nn.Module):
     def __init__(self, body: nn.Module, reductions: Sequence[int], out_channels: int = 256,
                  extra_blocks: str | None = "pool") -> None:
         super().__init__()
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels <= 0:
+            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        if not reductions:  # an FPN over no level builds, then fails at its first forward
+            raise ValueError("reductions is empty; give the feature levels, e.g. (4, 8, 16, 32)")
         info = cast("FeatureInfo", body.feature_info)  # timm's features_only models carry one
         have = list(info.reduction())
         missing = [r for r in reductions if r not in have]
@@ -72,6 +76,12 @@ class FPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), feats[j]) for i, j in enumerate(self.levels)))
 
 
+def _check_name(name: str) -> None:
+    """One ``ValueError`` for a name timm does not know (timm raises a ``RuntimeError``)."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}")
+
+
 def fpn_backbone(name: str, *, reductions: Sequence[int] = (4, 8, 16, 32), out_channels: int = 256,
                  extra_blocks: str | None = "pool", pretrained: bool = False, **model_kwargs: Any) -> FPNBackbone:
     """``timm.create_model(name, features_only=True, ...)`` + FPN, for any ACmix (or timm) family.
@@ -80,6 +90,7 @@ def fpn_backbone(name: str, *, reductions: Sequence[int] = (4, 8, 16, 32), out_c
     RetinaNet / FCOS: 8-32 with ``"p6p7"``); ``model_kwargs`` go to the model
     (e.g. ``depths``, ``embed_dims``, ``pretrained_cfg_overlay``).
     """
+    _check_name(name)
     body = timm.create_model(name, pretrained=pretrained, features_only=True, **model_kwargs)
     return FPNBackbone(body, reductions, out_channels, extra_blocks)
 
@@ -94,6 +105,8 @@ def detector(kind: str, name: str, num_classes: int, *, out_channels: int = 256,
     """
     if kind not in DETECTORS:
         raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, DETECTORS))}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1 (torchvision counts the background), got {num_classes!r}")
     path, reductions, extra = DETECTORS[kind]
     module, _, cls = path.rpartition(".")
     backbone = fpn_backbone(name, reductions=reductions, out_channels=out_channels, extra_blocks=extra,
@@ -107,6 +120,7 @@ def dilatable(name: str) -> bool:
     ResNet-ACmix (timm's ByobNet) dilates its later stages; the transformer-style
     families (SAN, PVT, Swin) have no dilated form of their downsampling and cannot.
     """
+    _check_name(name)
     with torch.device("meta"):
         try:
             timm.create_model(name, features_only=True, output_stride=16)
@@ -134,5 +148,8 @@ def segmentation_model(arch: str, name: str, *, output_stride: int | None = None
             raise ValueError(f"{name} cannot run at output_stride={output_stride}: its stages downsample in "
                              f"patch embeddings or merges, not in dilatable convs (use Unet, FPN or UPerNet)")
         kwargs["encoder_output_stride"] = output_stride
-    return smp.create_model(arch, encoder_name=f"tu-{name}", encoder_weights="imagenet" if pretrained else None,
-                            classes=classes, **kwargs)
+    try:
+        return smp.create_model(arch, encoder_name=f"tu-{name}", encoder_weights="imagenet" if pretrained else None,
+                                classes=classes, **kwargs)
+    except KeyError as e:  # smp: an unknown architecture, with the list of known ones
+        raise ValueError(str(e.args[0]) if e.args else f"arch={arch!r} is not an smp architecture") from None

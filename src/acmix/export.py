@@ -46,12 +46,22 @@ def _dims(batch: bool) -> dict[int, Any]:
     return {**({0: d} if batch else {}), 2: d, 3: d}
 
 
+def _check_args(model: object, example: object) -> None:
+    """One line for a model or example of another type (else an AttributeError or a torch.export UserError)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(example, Tensor) or example.dim() != 4:
+        what = f"shape {tuple(example.shape)}" if isinstance(example, Tensor) else type(example).__name__
+        raise TypeError(f"example must be a 4-D (B, C, H, W) tensor, got {what}")
+
+
 def export_program(model: nn.Module, example: Tensor, *, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """``torch.export.export`` of ``model`` (put in eval mode) with dynamic H, W (and batch).
 
     The program runs at any size at which every feature map with an ACmix layer
     is at least 2 x 2 (1-pixel maps are specialised away while tracing).
     """
+    _check_args(model, example)
     model.eval()
     with _tracing():
         return torch.export.export(model, (example,), dynamic_shapes=({**_dims(dynamic_batch)},))
@@ -65,6 +75,10 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike, *, d
     the legacy exporter, whose graph holds the example's H and W as constants.
     """
     path = os.fspath(path)
+    _check_args(model, example)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # before the export, not after it
+        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
     model.eval()
     with warnings.catch_warnings(), _tracing():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
@@ -86,7 +100,12 @@ def dynamic_input_dims(path: str | os.PathLike) -> list[bool]:
     """For each dimension of the file's first input: whether it is symbolic (not a fixed size)."""
     import onnx
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception as e:  # protobuf's DecodeError and kin: a file that is not ONNX
+        raise ValueError(f"{os.fspath(path)}: not an ONNX model ({type(e).__name__})") from None
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [not d.HasField("dim_value") for d in dims]
 

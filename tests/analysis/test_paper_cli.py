@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import timm
 from safetensors.torch import save_file
 
@@ -90,3 +91,30 @@ def test_pair_ratios():
     out = pair_ratios(rows, pairs=[("a", "b"), ("a", "c"), ("a", "d")])
     assert [(r["baseline"], r["mode"], r["speed_vs_baseline"]) for r in out] == [("b", "infer", 1.5),
                                                                                ("c", "train", 3.0)]
+
+
+def test_bad_values_refused_before_work(tmp_path, capsys):
+    """Counts below 1 ran (or silently measured nothing), an unknown --model or --set key and an --out
+    that is a file ended in tracebacks; each is now one line, before any work."""
+    (tmp_path / "file").write_text("")
+    out = ["--out", str(tmp_path / "o")]
+    for argv, words in [
+        (["stage-costs", "--quick", "--batch", "0", *out], "argument --batch: must be >= 1, got 0"),
+        (["stage-costs", "--quick", "--img-size", "0", "--no-time", *out], "argument --img-size: must be >= 1"),
+        (["shift-speed", "--quick", "--rounds", "-1", *out], "argument --rounds: must be >= 1, got -1"),
+        (["family-speed", "--quick", "--batch-size", "0", *out], "argument --batch-size: must be >= 1"),
+        (["ablation", "--quick", "--epochs", "0", *out], "argument --epochs: must be >= 1, got 0"),
+        (["ablation", "--quick", "--threads", "-1", *out], "argument --threads: must be >= 0, got -1"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["paper", *argv])
+        assert words in capsys.readouterr().err
+    for argv, words in [
+        (["stage-costs", "--quick", "--model", "nope", "--no-time", *out], "--model 'nope' is not a registered"),
+        (["ablation", "--quick", "--set", "bogus=1", *out], "--set: unknown setting(s) 'bogus'"),
+        (["stage-costs", "--quick", "--no-time", "--out", str(tmp_path / "file" / "o")], "is not writable"),
+    ]:
+        assert main(["paper", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o" / "runs").exists()

@@ -118,3 +118,43 @@ def test_resume_without_flags_takes_the_checkpoint_settings(tmp_path: Path,
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"resume: settings not given are those of {out}/last.pth"
     assert any(line.startswith(f"resumed from {out}/last.pth: epoch 0, step 1/3") for line in lines)
+
+
+def test_export_model_and_convert_checks_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """export-model refuses bad values, models, checkpoints and output folders before exporting (was: torch
+    errors after the export, an empty message for a missing checkpoint); convert-swin and eval likewise."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    other = timm.create_model("acmix_resnet_tiny", widths=[4, 8, 8], heads=2, kernel_att=[3, 3])
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    base = ["export-model", "acmix_resnet_tiny", "--in-chans", "1", "--exported-program", str(tmp_path / "m.pt2")]
+    for extra, words in [
+        (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (["--in-chans", "-1"], "argument --in-chans: must be >= 1, got -1"),
+        (["--rtol", "nan"], "argument --rtol: must be a finite number > 0, got nan"),
+        (["--model-kwargs", "[1]"], "argument --model-kwargs: expected a JSON object, got '[1]'"),
+    ]:
+        with pytest.raises(SystemExit):  # argparse: usage, then one error line
+            main([*base, *extra])
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(words)
+    for extra, words in [
+        (["--checkpoint", str(tmp_path / "missing.pth")], "--checkpoint '" + str(tmp_path / "missing.pth")),
+        (["--checkpoint", str(tmp_path / "garbage.pth")], "garbage.pth: not a readable checkpoint"),
+        (["--checkpoint", str(tmp_path / "other.pth")], "other.pth does not match acmix_resnet_tiny: size mismatch"),
+        (["--exported-program", str(tmp_path / "file" / "m.pt2")], "output folder " + str(tmp_path / "file")),
+    ]:
+        assert words in _error(capsys, [*base, *extra])
+    assert "unknown model 'nope'" in _error(capsys, ["export-model", "nope", "--onnx", str(tmp_path / "m.onnx")])
+    assert "is a file, not a folder" in _error(capsys, ["convert-swin", str(tmp_path / "other.pth"),
+                                                         str(tmp_path / "file" / "o.pth")])
+    assert "give --checkpoint or --pretrained-file, not both" in _error(
+        capsys, ["eval", "--model", "acmix_resnet_tiny", "--checkpoint", str(tmp_path / "other.pth"),
+                 "--pretrained-file", str(tmp_path / "other.pth")])
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_folders_where_files_belong_are_named(fmnist_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data", str(fmnist_dir), "--output", str(tmp_path / "o"), "-j", "0", "-b", "16"]
+    assert f"preset file '{tmp_path}' is a folder" in _error(capsys, [*base, "--preset", str(tmp_path)])
+    assert f"checkpoint '{tmp_path}' is a folder, not a file" in _error(capsys, [*base, "--resume", str(tmp_path)])

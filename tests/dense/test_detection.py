@@ -88,3 +88,12 @@ def test_bad_arguments():
         fpn_backbone("acmix_pvt_tiny", extra_blocks="p5", **TINY["acmix_pvt_tiny"])
     with pytest.raises(ValueError, match=r"kind='yolo' is not one of"):
         detector("yolo", "acmix_pvt_tiny", 3)
+    with pytest.raises(ValueError, match=r"^unknown model 'nope'$"):
+        fpn_backbone("nope")
+    with pytest.raises(ValueError, match=r"^reductions is empty"):
+        fpn_backbone("acmix_pvt_tiny", reductions=(), **TINY["acmix_pvt_tiny"])
+    with pytest.raises(ValueError, match=r"^out_channels must be a positive int, got 0$"):
+        fpn_backbone("acmix_pvt_tiny", out_channels=0, **TINY["acmix_pvt_tiny"])
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=rf"^num_classes must be an int >= 1 .*, got {bad}$"):
+            detector("fasterrcnn", "acmix_pvt_tiny", bad)

@@ -135,3 +135,27 @@ def test_host_bn_folding_keeps_outputs():
         after = net(x)
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b)
+
+
+def test_argument_types_name_the_value():
+    """A string ``include`` is not a list of one-character names; ``kernel_size`` 0 or '3' matched nothing,
+    ``heads=True`` meant 1 and ``heads=2.5`` failed in ``range``."""
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+
+    for kwargs, error, match in [
+        ({"include": "01"}, TypeError, r"include must be a list of conv names or a predicate, got the string '01'"),
+        ({"kernel_size": 0}, ValueError, r"kernel_size must be a positive int, got 0"),
+        ({"kernel_size": "3"}, ValueError, r"kernel_size must be a positive int, got '3'"),
+        ({"kernel_size": 2}, ValueError, r"kernel_size must be odd, got 2"),
+        ({"heads": True}, ValueError, r"heads must be a positive int, got True"),
+        ({"heads": 2.5}, ValueError, r"heads must be a positive int, got 2.5"),
+    ]:
+        model = net()
+        with pytest.raises(error, match=f"^{match}$"):
+            replace_convs(model, **kwargs)
+        assert all(isinstance(m, nn.Conv2d) for m in model)
+    with pytest.raises(TypeError, match=r"^model must be an nn.Module, got str$"):
+        replace_convs("resnet18")
+    model = net()
+    assert [r.name for r in replace_convs(model, include=["1"])] == ["1"] and isinstance(model[1], ACmix)

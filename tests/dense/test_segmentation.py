@@ -59,3 +59,11 @@ def test_output_stride_refused(name):
         segmentation_model("DeepLabV3Plus", name)
     with pytest.raises(ValueError, match=r"only smp's DeepLabV3 / DeepLabV3Plus dilate"):
         segmentation_model("Unet", name, output_stride=8)
+
+
+def test_unknown_names_get_one_line():
+    """timm's RuntimeError for an unknown model and smp's KeyError for an unknown decoder become ValueErrors."""
+    with pytest.raises(ValueError, match=r"^unknown model 'nope'$"):
+        dilatable("nope")
+    with pytest.raises(ValueError, match=r"^Wrong architecture type `nope`"):
+        segmentation_model("nope", "acmix_resnet_tiny")

@@ -97,3 +97,20 @@ def test_cli_writes_and_checks(tmp_path, capsys):
     assert "onnxruntime vs PyTorch at 2x3x40x33" in out and "exported program vs PyTorch at 2x3x40x33" in out
     program = torch.export.load(pt2)
     assert program.module()(torch.randn(1, 3, 50, 29)).shape == (1, 10)
+
+
+def test_bad_arguments_get_one_line(tmp_path):
+    """Checked before any tracing: a model or example of another type, a missing folder, a file not ONNX."""
+    layer = _layer()
+    with pytest.raises(TypeError, match=r"^model must be an nn.Module, got function$"):
+        export_program(lambda t: t, torch.randn(1, 8, 8, 8))
+    with pytest.raises(TypeError, match=r"^example must be a 4-D \(B, C, H, W\) tensor, got ndarray$"):
+        export_program(layer, torch.randn(1, 8, 8, 8).numpy())
+    with pytest.raises(TypeError, match=r"got shape \(8, 8, 8\)$"):
+        export_onnx(layer, torch.randn(8, 8, 8), tmp_path / "m.onnx")
+    with pytest.raises(FileNotFoundError, match=r"folder .*missing does not exist$"):
+        export_onnx(layer, torch.randn(1, 8, 8, 8), tmp_path / "missing" / "m.onnx")
+    garbage = tmp_path / "g.onnx"
+    garbage.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match=r"g.onnx: not an ONNX model \(DecodeError\)$"):
+        dynamic_input_dims(garbage)

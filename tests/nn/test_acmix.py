@@ -234,7 +234,8 @@ def test_cuda_matches_cpu():
     ({"in_channels": 4, "out_channels": 8, "shift": "roll"}, "shift='roll' is not one of"),
     ({"in_channels": 4, "out_channels": 8, "combination": "sum"}, "combination='sum' is not one of"),
     ({"in_channels": 4, "out_channels": 8, "rates": (1.0,)}, "rates must be a pair"),
-    ({"in_channels": 4, "out_channels": 8, "dtype": torch.int64}, "dtype must be a floating-point dtype, got torch.in"),
+    ({"in_channels": 4, "out_channels": 8, "dtype": torch.int64}, "dtype must be a floating-point torch.dtype, got t"),
+    ({"in_channels": 4, "out_channels": 8, "dtype": "float32"}, "dtype must be a floating-point torch.dtype, got 'f"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -278,3 +279,41 @@ def test_shift_conv_with_fc_bias_matches_brute_force():
                 for v in range(kc):
                     expect[:, o] += conv_w[o, t, u, v] * fp[:, o // (out_ch // d), t, u:u + h, v:v + w]
     torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+def test_cuda_device_without_cuda_is_one_line():
+    with pytest.raises(ValueError, match="device='cuda:0': CUDA is not available"):
+        ACmix(4, 8, device="cuda:0")
+
+
+@pytest.mark.parametrize("backend", ["eager", "reference", None])
+def test_meta_layer_gives_shapes(backend):
+    """Shape inference on the meta device, as ``nn.Conv2d`` allows (the eager path skips its NaN test there)."""
+    layer = ACmix(4, 8, kernel_att=3, heads=2, stride=2, device="meta", backend=backend)
+    out = layer(torch.empty(3, 4, 9, 7, device="meta"))
+    assert out.shape == (3, 8, 5, 4) and out.device.type == "meta"
+
+
+def test_activation_checkpointing_while_auto_measures(tmp_path, monkeypatch):
+    """``AUTO``'s first call measures the candidates inside the checkpointed forward; the recomputation
+    finds the choice remembered. The trial runs' saved tensors must not count (same values, same grads)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from acmix.ops import autotune
+
+    monkeypatch.setenv("ACMIX_AUTOTUNE", "1")
+    monkeypatch.setenv("ACMIX_CACHE_DIR", str(tmp_path))
+    autotune.clear()
+    try:
+        layer = make_layer((4, 8, 2, 3, 3, 1, 1, {}), dtype=torch.float64)
+        x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+        out = checkpoint(layer, x, use_reentrant=False)
+        gx, *gw = torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])
+        ref = acmix_reference(x, layer.weights(), layer.config)
+        rx, *rw = torch.autograd.grad(ref.square().sum(), [x, *layer.parameters()])
+        torch.testing.assert_close(out, ref)
+        for a, b in zip([gx, *gw], [rx, *rw]):
+            torch.testing.assert_close(a, b)
+    finally:
+        autotune.clear()

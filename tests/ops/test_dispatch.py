@@ -269,3 +269,26 @@ def test_empty_batch_like_conv2d(backend):
     assert out.shape == (0, 8, 5, 4)
     out.sum().backward()
     assert x.grad.shape == x.shape
+
+
+def test_weight_kinds_and_containers_name_the_value():
+    """Every weight shares q_weight's dtype and device and is a tensor; the containers are the op's types."""
+    layer = ACmix(4, 8, kernel_att=3, heads=2)
+    w, cfg, x = layer.weights(), layer.config, torch.randn(1, 4, 6, 5)
+    bad = [
+        (w._replace(k_weight=w.k_weight.double()), r"k_weight is torch.float64 on cpu but q_weight is torch.float32"),
+        (w._replace(v_bias=w.v_bias.double()), r"v_bias is torch.float64"),
+        (w._replace(conv_weight=w.conv_weight.to("meta")), r"conv_weight is torch.float32 on meta"),
+        (w._replace(rate_att=0.5), r"rate_att must be a torch.Tensor or None, got builtins.float"),
+        (w._replace(q_bias=w.q_bias.detach().numpy()), r"q_bias must be a torch.Tensor or None, got numpy.ndarray"),
+        (w._replace(q_weight=w.q_weight.detach().numpy()), r"q_weight must be a torch.Tensor, got numpy.ndarray"),
+        (w._replace(pe_bias=torch.zeros(7)), r"pe_bias has shape \(7,\), expected \(4,\)"),
+    ]
+    for weights, match in bad:
+        for backend in ("reference", None):
+            with pytest.raises(ValueError, match=match):
+                acmix(x, weights, cfg, backend=backend)
+    with pytest.raises(TypeError, match=r"weights must be an ACmixWeights .*, got tuple"):
+        acmix(x, tuple(w), cfg)
+    with pytest.raises(TypeError, match=r"config must be an ACmixConfig .*, got dict"):
+        acmix(x, w, {"in_channels": 4})

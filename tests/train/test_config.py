@@ -70,3 +70,16 @@ def test_rates_and_norms_get_no_weight_decay() -> None:
         assert decay_of[id(p)] == expected, name
     rate = model.stage1[0].acmix.rate1
     assert decay_of[id(rate)] == 0.0 and isinstance(rate, torch.nn.Parameter)
+
+
+def test_train_checks_a_config_built_in_python(tmp_path: Path) -> None:
+    """``train(TrainConfig(...))`` is validated like the command line's (nothing is written before)."""
+    from acmix.train import train
+
+    for over, words in [({"epochs": 0}, "epochs must be >= 1, got 0"), ({"smoothing": 2.0}, "smoothing"),
+                        ({"lr": float("nan")}, "lr must be finite, got nan")]:
+        with pytest.raises(ValueError, match=words):
+            train(TrainConfig(**over, output=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(TypeError, match="cfg must be a TrainConfig, got dict"):
+        train({"lr": 0.1})  # type: ignore[arg-type]

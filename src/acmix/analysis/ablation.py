@@ -88,6 +88,9 @@ def _plan(variants: Sequence[str], seeds: int, seed0: int) -> list[tuple[str, in
 
 
 def _recipe(quick: bool, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    from ..train.config import check_keys
+
+    check_keys(dict(overrides or {}), "--set")  # one line, not TrainConfig's TypeError at the first run
     recipe = json.loads(json.dumps(QUICK_RECIPE if quick else DEFAULT_RECIPE))
     recipe.update(overrides or {})
     return recipe

@@ -18,9 +18,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def command(args: argparse.Namespace) -> int:
-    from acmix.models.acmix_swin import convert_checkpoint
-    from acmix.train.checkpoint import read_error
+    from pathlib import Path
 
+    from acmix.models.acmix_swin import convert_checkpoint
+    from acmix.train.checkpoint import check_writable, read_error
+
+    check_writable(Path(args.output).absolute().parent, "output folder")  # else a FileExistsError from mkdir
     try:
         keys = convert_checkpoint(args.source, args.output)
     except (pickle.UnpicklingError, RuntimeError, EOFError, UnicodeDecodeError) as e:

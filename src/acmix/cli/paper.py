@@ -13,6 +13,8 @@ import json
 import platform
 from typing import Any, cast
 
+from acmix.argtypes import nonnegative_int, positive_int
+
 __all__ = ["add_parser", "run"]
 
 
@@ -40,9 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = sub.add_parser("stage-costs", help="Tab. 1: params / MACs / time of Stage I vs II")
     common(p, "stage_costs")
     p.add_argument("--model", help="a registered model (default: the ResNet-50 stage shapes)")
-    p.add_argument("--img-size", type=int, help="input size (default: 224, or the model's)")
-    p.add_argument("--batch", type=int, default=8, help="batch of the timing")
-    p.add_argument("--rounds", type=int, default=5, help="timing rounds (median)")
+    p.add_argument("--img-size", type=positive_int, help="input size (default: 224, or the model's)")
+    p.add_argument("--batch", type=positive_int, default=8, help="batch of the timing")
+    p.add_argument("--rounds", type=positive_int, default=5, help="timing rounds (median)")
     p.add_argument("--no-time", action="store_true", help="analytic counts only")
     p.add_argument("--strided-attention", choices=("subsample", "pool"), default="subsample",
                    help="how a strided attention layer is counted: this library's query subsampling, or "
@@ -50,15 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = sub.add_parser("shift-speed", help="Tab. 7: speed of the four shift implementations")
     common(p, "shift_speed")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--rounds", type=positive_int, default=5)
 
     p = sub.add_parser("family-speed", help="Tab. 5: throughput of each ACmix model and its baseline")
     common(p, "family_speed")
     p.add_argument("--models", nargs="+", help="model names (default: the ACmix models and their baselines)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--rounds", type=positive_int, default=5)
 
     p = sub.add_parser("ablation", help="Tab. 6 / Tab. 7: train each variant for N seeds, mean +- std")
     common(p, "ablation")
@@ -67,9 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (0, 1, ...)")
     p.add_argument("--data", default="fmnist", help="'fmnist' (Debian package), an IDX folder or an "
                                                     "ImageFolder root with train/ and val/")
-    p.add_argument("--img-size", type=int, help="input size for ImageFolder data (default 28)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default: the recipe's)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--img-size", type=positive_int, help="input size for ImageFolder data (default 28)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per run (default: the recipe's)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--set", nargs="+", type=_setting, default=[], metavar="KEY=VALUE",
                    help="training settings over the recipe, VALUE as JSON or a plain string: batch_size=64 "
                         "opt=sgd scale=[0.5,1]")
@@ -80,6 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--labels", nargs="+", help="one label per checkpoint (default: the file paths)")
     p.add_argument("--out", default="runs/paper/rates", help="output folder")
     return parser
+
+
+def _writable(folder: str) -> None:
+    """``--out`` created and writable, before the work (imported here: building the parser loads no torch)."""
+    from acmix.train.checkpoint import check_writable
+
+    check_writable(folder, "--out folder")
 
 
 def _device(name: str) -> str:
@@ -110,6 +119,8 @@ def _stage_costs(args: argparse.Namespace) -> None:
 
         from acmix.analysis.family_stages import family_stage_costs
 
+        if not timm.is_model(args.model):
+            raise ValueError(f"--model {args.model!r} is not a registered timm model")
         model = timm.create_model(args.model)
         chans, native = cast("dict[str, Any]", model.pretrained_cfg)["input_size"][:2]  # timm sets a dict
         img = min(args.img_size or native, 64 if args.quick else 1 << 30)
@@ -222,6 +233,7 @@ def _rates(args: argparse.Namespace) -> None:
     if len(labels) != len(args.checkpoints):
         raise ValueError(f"--labels has {len(labels)} entries for {len(args.checkpoints)} checkpoints")
     runs = {label: extract_rates(path) for label, path in zip(labels, args.checkpoints)}
+    _writable(args.out)
     paths = write_rates(runs, args.out, meta={"checkpoints": args.checkpoints})
     print(paths["md"].read_text())
 
@@ -231,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:  # quick runs never land in (or resume from) a real run's folder
         name = args.paper_command.replace("-", "_")
         args.out = f"runs/paper/{name}{'_quick' if getattr(args, 'quick', False) else ''}"
+    if args.paper_command != "rates":  # rates: after reading the checkpoints (quick), not into a default folder
+        _writable(args.out)
     commands = {"stage-costs": _stage_costs, "shift-speed": _shift_speed, "family-speed": _family_speed,
                 "ablation": _ablation, "rates": _rates}
     commands[args.paper_command](args)

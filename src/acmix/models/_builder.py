@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_num_classes
+
 __all__ = ["check_global_pool", "fill_missing", "no_weight_decay_names", "reset_linear_head"]
 
 RATE_NAMES = ("rate1", "rate2")
@@ -38,6 +40,7 @@ def reset_linear_head(model: Any, num_classes: int, global_pool: str | None, poo
                       like: Tensor) -> nn.Module:
     """timm's ``reset_classifier`` for a linear head: check and set ``model.global_pool`` (one of
     ``pools``), set ``model.num_classes``, and return the new head on ``like``'s device and dtype."""
+    num_classes = check_num_classes(model, num_classes)
     if global_pool is not None:
         model.global_pool = check_global_pool(global_pool, pools)
     model.num_classes = num_classes

@@ -2,8 +2,9 @@
 
 Without them a negative ``num_classes`` or a ``drop_path_rate`` above 1 builds a
 model that trains on garbage, and an out-of-range ``out_indices`` ends in an
-``IndexError`` deep inside timm, and an image with the wrong channel count
-a multi-line convolution error (``docs/models.md``).
+``IndexError`` deep inside timm, and an image with the wrong channel count,
+dtype or number of dimensions a multi-line error from deep inside a layer
+(``docs/models.md``).
 """
 
 from __future__ import annotations
@@ -12,41 +13,75 @@ import numbers
 from functools import partial
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
 
-__all__ = ["check_model_kwargs", "with_input_check"]
+__all__ = ["POOLS", "check_model_kwargs", "check_num_classes", "with_input_check"]
 
 RATES = ("drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate")
+POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d (an AssertionError else)
 
 
-def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int) -> None:
-    """Refuse bad ``num_classes``, ``in_chans``, dropout rates and ``out_indices`` (``num_features`` levels)."""
+def _check_count(variant: str, name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{variant}: {name} must be an int >= {low}, got {value!r}")
+
+
+def check_num_classes(model: nn.Module, num_classes: Any) -> int:
+    """``reset_classifier``'s ``num_classes`` as an int >= 0 (-1 built no head, 2.5 failed deep in torch)."""
+    _check_count(type(model).__name__, "num_classes", num_classes, 0)
+    return int(num_classes)
+
+
+def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int,
+                       pools: tuple[str, ...] | None = None) -> None:
+    """Refuse bad ``num_classes``, ``in_chans``, dropout rates, ``out_indices`` (``num_features`` levels) and,
+    where ``pools`` lists the family's pools, ``global_pool``."""
     for name, low in (("num_classes", 0), ("in_chans", 1)):
-        value = kwargs.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low):
-            raise ValueError(f"{variant}: {name} must be an int >= {low}, got {value!r}")
+        if kwargs.get(name) is not None:
+            _check_count(variant, name, kwargs[name], low)
+    pool = kwargs.get("global_pool")
+    if pools is not None and pool is not None and pool not in pools:
+        raise ValueError(f"{variant}: global_pool={pool!r} is not one of {', '.join(map(repr, pools))}")
     for name in RATES:
         value = kwargs.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
                                   or not 0 <= float(value) < 1):
             raise ValueError(f"{variant}: {name} must be a number in [0, 1), got {value!r}")
     indices = kwargs.get("out_indices")
-    if kwargs.get("features_only") and indices is not None:
-        items = [indices] if isinstance(indices, (int, str)) else list(indices)
+    if kwargs.get("features_only") and isinstance(indices, numbers.Integral) and not isinstance(indices, bool):
+        if not 1 <= indices <= num_features:  # timm: an int n takes the last n levels
+            raise ValueError(f"{variant}: out_indices={indices!r} (the last n levels) must be 1-{num_features}")
+    elif kwargs.get("features_only") and indices is not None:
+        items = [indices] if isinstance(indices, (bool, str)) else list(indices)
         bad = [i for i in items if isinstance(i, bool) or not isinstance(i, numbers.Integral)
                or not -num_features <= int(i) < num_features]
         if bad or not items:
             raise ValueError(f"{variant}: out_indices={indices!r} is out of range; valid feature levels are "
                              f"0-{num_features - 1} (or -{num_features} to -1)")
+        levels = [int(i) % num_features for i in items]
+        if len(set(levels)) != len(levels):  # timm returns each level once; feature_info would list it twice
+            raise ValueError(f"{variant}: out_indices={indices!r} names a feature level twice")
 
 
 def _refuse_wrong_channels(variant: str, conv: nn.Conv2d, args: tuple[Any, ...]) -> None:
     x = args[0] if args else None
-    if isinstance(x, Tensor) and x.dim() in (3, 4) and x.shape[-3] != conv.in_channels:
+    if not isinstance(x, Tensor):
+        return
+    if x.dim() != 4:  # the families reshape (B, C, H, W) maps: a 3-D image failed deep in timm or torch
+        raise ValueError(f"{variant} takes a batch of images (B, C, H, W), got an input of shape {tuple(x.shape)}")
+    if x.shape[1] != conv.in_channels:
         raise ValueError(f"{variant} takes {conv.in_channels}-channel images (in_chans={conv.in_channels}), "
                          f"got an input of shape {tuple(x.shape)}")
+    weight = conv.weight
+    castable = (torch.float32, torch.float16, torch.bfloat16)  # what autocast converts
+    autocast = (x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+                and x.dtype in castable and weight.dtype in castable)
+    if x.dtype != weight.dtype and not autocast:
+        raise ValueError(f"{variant} has {weight.dtype} weights but the images are {x.dtype}: convert one of "
+                         f"them (x.to({weight.dtype}) or model.to({x.dtype})), or run under autocast")
 
 
 def with_input_check(model: M, variant: str) -> M:

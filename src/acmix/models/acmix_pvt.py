@@ -364,7 +364,7 @@ class PyramidVisionTransformerV1(nn.Module):
             x, size = stage(x, self.cls_token if stage.num_prefix_tokens else None)
             outs.append((x, size, stage.num_prefix_tokens))
             if stage is not stages[-1]:
-                x = x[:, stage.num_prefix_tokens:].transpose(1, 2).reshape(b, -1, *size)
+                x = x[:, stage.num_prefix_tokens:].transpose(1, 2).reshape(b, x.shape[-1], *size)  # b may be 0
         return x, size, outs
 
     def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
@@ -382,7 +382,7 @@ class PyramidVisionTransformerV1(nn.Module):
             if i in take:
                 if norm and i == len(self.stages) - 1:
                     t = self.norm(t)
-                intermediates.append(t[:, p:].transpose(1, 2).reshape(t.shape[0], -1, *size))
+                intermediates.append(t[:, p:].transpose(1, 2).reshape(t.shape[0], t.shape[-1], *size))
         if intermediates_only:
             return intermediates
         if len(outs) == len(self.stages):

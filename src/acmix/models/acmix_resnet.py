@@ -39,8 +39,8 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 
 from ..checkpoint_io import unwrap_state_dict
 from ..nn import ACmix
-from ._builder import no_weight_decay_names
-from ._checks import check_model_kwargs, with_input_check
+from ._builder import check_global_pool, no_weight_decay_names
+from ._checks import POOLS, check_model_kwargs, check_num_classes, with_input_check
 
 __all__ = ["PAPER_FIGURES", "ACmixResNet", "acmix_self_attn", "checkpoint_filter_fn"]
 
@@ -65,6 +65,10 @@ class ACmixResNet(ByobNet):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return no_weight_decay_names(self)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(check_num_classes(self, num_classes),
+                                 None if global_pool is None else check_global_pool(global_pool, POOLS))
 
 
 _DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
@@ -152,7 +156,7 @@ def _create_resnet(variant: str, pretrained: bool = False, acmix_kwargs: dict[st
 
     ``combination`` and ``shift`` are also taken directly, as every family takes them.
     """
-    check_model_kwargs(variant, kwargs, num_features=5)  # the stem and four stages
+    check_model_kwargs(variant, kwargs, num_features=5, pools=POOLS)  # the stem and four stages
     cfg = model_cfgs[variant]
     switches: dict[str, Any] = {k: kwargs.pop(k) for k in ("combination", "shift") if k in kwargs}
     if switches:

@@ -55,8 +55,8 @@ from ..checkpoint_io import unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_odd, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
-from ._builder import no_weight_decay_names
-from ._checks import check_model_kwargs, with_input_check
+from ._builder import check_global_pool, no_weight_decay_names
+from ._checks import POOLS, check_model_kwargs, check_num_classes, with_input_check
 
 __all__ = ["PAPER_FIGURES", "SAM", "SAN", "SANBlock", "checkpoint_filter_fn"]
 
@@ -123,12 +123,13 @@ class SAM(ConvPathMixer):
     def attention_weights(self, q: Tensor, k: Tensor) -> Tensor:
         """The patchwise weights ``(B, out_planes / share_planes, k*k, H, W)``."""
         b, _, h, w = q.shape
-        keys = reflect_windows(k, self.kernel_size).reshape(b, -1, h, w)  # nn.Unfold order
-        return self.conv_w(torch.cat([q, keys], 1)).view(b, -1, self.kernel_size**2, h, w)
+        k2 = self.kernel_size**2  # explicit sizes, not -1: an empty batch leaves -1 undetermined
+        keys = reflect_windows(k, self.kernel_size).reshape(b, self.rel_planes * k2, h, w)  # nn.Unfold order
+        return self.conv_w(torch.cat([q, keys], 1)).view(b, self.out_planes // self.share_planes, k2, h, w)
 
     def conv_path(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         b, d, h, w = q.shape
-        return self.shift_conv(torch.cat([q.unsqueeze(1), k.unsqueeze(1), v.view(b, -1, d, h, w)], 1))
+        return self.shift_conv(torch.cat([q.unsqueeze(1), k.unsqueeze(1), v.view(b, self.out_planes // d, d, h, w)], 1))
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
@@ -278,9 +279,9 @@ class SAN(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         p = next(self.parameters())
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(self, num_classes)
         if global_pool is not None:
-            self.pool_type = global_pool
+            self.pool_type = check_global_pool(global_pool, POOLS)
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=self.pool_type,
                                                       device=p.device, dtype=p.dtype)
 
@@ -344,7 +345,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: SAN) -> dict[str, Te
 
 
 def _create_san(variant: str, pretrained: bool = False, **kwargs: Any) -> SAN:
-    check_model_kwargs(variant, kwargs, num_features=4)
+    check_model_kwargs(variant, kwargs, num_features=4, pools=POOLS)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return with_input_check(build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(feature_cls="getter", out_indices=out_indices), **kwargs), variant)

@@ -45,7 +45,7 @@ from ..ops import Combination, ShiftMode
 from ..ops.common import packed
 from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names
-from ._checks import check_model_kwargs, with_input_check
+from ._checks import check_model_kwargs, check_num_classes, with_input_check
 from ._swin_windows import axis_window, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
 
 __all__ = [
@@ -190,6 +190,12 @@ class SwinACmixBlock(SwinTransformerBlock):
             raise ValueError(f"window_size={window_size!r}: Swin-ACmix keeps the window it was built with "
                              f"({self.window_size[0]}); build the model with window_size= instead")
 
+    def forward(self, x: Tensor) -> Tensor:
+        """timm's block step on the ``(B, H, W, C)`` map as it is: its ``reshape(B, -1, C)`` for the MLP
+        cannot size an empty batch, and the norm and MLP act on the last axis alone."""
+        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
     def _attn(self, x: Tensor) -> Tensor:
         # every size below may be symbolic (export, dynamic compile): no branch on it, no int taken from it
         _, h, w, _ = x.shape
@@ -257,7 +263,8 @@ class SwinACmix(SwinTransformer):
         return no_weight_decay_names(self, ("relative_position_bias_table",))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        super().reset_classifier(num_classes, None if global_pool is None else check_global_pool(global_pool, _POOLS))
+        super().reset_classifier(check_num_classes(self, num_classes),
+                                 None if global_pool is None else check_global_pool(global_pool, _POOLS))
 
     def set_input_size(self, img_size: tuple[int, int] | None = None, patch_size: Any = None,
                        window_size: Any = None, window_ratio: Any = None, always_partition: bool | None = None) -> None:

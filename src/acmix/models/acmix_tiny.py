@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..nn import ACmix
@@ -131,6 +132,21 @@ class ACmixTinyNet(nn.Module):
             x = checkpoint_seq(self.stage2, self.down(x))
             return x
         return self.stage2(self.down(self.stage1(x)))
+
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's feature API: the maps after ``stage1`` and ``stage2`` (strides 2, 4); ``indices`` index
+        :attr:`feature_info` (an int: the last n)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: acmix_resnet_tiny gives 'NCHW' features only")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        x = self.stage1(self.stem(x))
+        intermediates = [x] if 0 in take else []
+        if not (stop_early and max_index == 0):
+            x = self.stage2(self.down(x))
+            intermediates += [x] if 1 in take else []
+        return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "avg":

@@ -44,13 +44,15 @@ class ACmix(ConvPathMixer):
                  backend: Backend | str | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if dtype is not None and not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         if device is not None:
             try:
                 device = torch.device(device)
             except (RuntimeError, TypeError):
                 raise ValueError(f"device={device!r} is not a torch device") from None
+            if device.type == "cuda" and not torch.cuda.is_available():  # else torch's driver message, deep down
+                raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine")
         cfg = ACmixConfig(in_channels, out_channels, heads=heads, kernel_att=kernel_att,
                           kernel_conv=kernel_conv, stride=stride, dilation=dilation,
                           position_encoding=position_encoding,

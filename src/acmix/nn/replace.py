@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from ..ops.config import check_odd, check_positive
 from .acmix import ACmix
 
 __all__ = ["Replacement", "choose_heads", "is_foldable_conv", "replace_convs"]
@@ -45,6 +46,7 @@ class Replacement(NamedTuple):
 
 def choose_heads(channels: int, heads: int) -> int:
     """The largest head count ``<= heads`` that divides ``channels`` (1 always does)."""
+    heads = check_positive(heads, "heads")  # heads=True would mean 1, heads=2.5 failed in range()
     for h in range(min(heads, channels), 0, -1):
         if channels % h == 0:
             return h
@@ -105,6 +107,12 @@ def replace_convs(model: nn.Module, *, kernel_size: int | None = 3,
     Returns:
         One :class:`Replacement` per swapped layer, in module order.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if kernel_size is not None:
+        kernel_size = check_odd(kernel_size, "kernel_size")  # 0 or '3' silently matched no conv
+    if isinstance(include, (str, bytes)):  # a string is an iterable of one-character names
+        raise TypeError(f"include must be a list of conv names or a predicate, got the string {include!r}")
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     if include is None or callable(include):
         chosen = [n for n, m in convs.items()

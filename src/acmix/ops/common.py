@@ -204,8 +204,26 @@ def _shape(t: Tensor | None, want: tuple[int, ...], name: str) -> None:
         raise ValueError(f"{name} has shape {shape}, expected {want}")
 
 
+def _same_kind(w: ACmixWeights) -> None:
+    """Every weight a tensor on ``q_weight``'s device in its dtype: a float64 ``k_weight`` in a float32
+    layer otherwise fails deep in a conv, and a meta ``conv_weight`` is read as garbage by the CPU kernel."""
+    first = w.q_weight
+    for name, t in w._asdict().items():
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__module__}.{type(t).__name__}")
+        if t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device} but q_weight is {first.dtype} on {first.device}: "
+                             f"every weight shares one dtype and device")
+
+
 def check_weights(w: ACmixWeights, cfg: ACmixConfig) -> None:
-    """Shape checks, so that a wrong tensor fails here and not deep in torch."""
+    """Shape, dtype and device checks, so that a wrong tensor fails here and not deep in torch."""
+    if not isinstance(w.q_weight, Tensor):
+        raise ValueError(f"q_weight must be a torch.Tensor, got {type(w.q_weight).__module__}."
+                         f"{type(w.q_weight).__name__}")
+    _same_kind(w)
     co, ci, hd, kc = cfg.out_channels, cfg.in_channels, cfg.head_dim, cfg.kernel_conv
     for name in ("q", "k", "v"):
         _shape(getattr(w, f"{name}_weight"), (co, ci, 1, 1), f"{name}_weight")
@@ -214,6 +232,8 @@ def check_weights(w: ACmixWeights, cfg: ACmixConfig) -> None:
             _shape(bias, (co,), f"{name}_bias")
     if cfg.has_attention and cfg.position_encoding:
         _shape(w.pe_weight, (hd, 2, 1, 1), "pe_weight")
+        if w.pe_bias is not None:
+            _shape(w.pe_bias, (hd,), "pe_bias")
     if cfg.has_conv:
         _shape(w.fc_weight, (kc * kc, 3 * cfg.heads, 1, 1), "fc_weight")
         if cfg.shift is ShiftMode.GROUPED:

@@ -155,10 +155,15 @@ def acmix(x: Tensor, weights: ACmixWeights, config: ACmixConfig, *,
 
     Raises:
         ValueError: naming the bad value (input type, dtype, device, shape,
-            weight shapes, or a backend that cannot run this input).
+            weight shapes, dtypes and devices, or a backend that cannot run this input).
+        TypeError: ``weights`` or ``config`` of another type.
     """
-    check_input(x, config, weights)
+    if not isinstance(weights, ACmixWeights):  # a plain tuple or dict would fail on a missing attribute
+        raise TypeError(f"weights must be an ACmixWeights (layer.weights()), got {type(weights).__name__}")
+    if not isinstance(config, ACmixConfig):
+        raise TypeError(f"config must be an ACmixConfig (layer.config), got {type(config).__name__}")
     check_weights(weights, config)
+    check_input(x, config, weights)
     chosen = resolve_backend(x, config, backend, weights)
     if chosen is Backend.REFERENCE:
         return acmix_reference(x, weights, config)

@@ -67,8 +67,8 @@ def _check(v: Tensor, weight: Tensor, kernel_size: int, stride: int, dilation: i
     if weight.dim() != 5:
         raise ValueError(f"weight must be 5-D (B, Cw, k*k, Ho, Wo), got shape {tuple(weight.shape)}")
     b, c, h, w = v.shape
-    if min(b, c, h, w) == 0:
-        raise ValueError(f"v must not be empty, got shape {tuple(v.shape)}")
+    if min(c, h, w) == 0:  # an empty batch is fine, as for nn.Conv2d
+        raise ValueError(f"v must have channels, height and width, got shape {tuple(v.shape)}")
     ho, wo = patchwise_output_size(h, w, stride)
     cw = weight.shape[1]
     want = (b, cw, kernel_size * kernel_size, ho, wo)
@@ -112,7 +112,7 @@ def _use_triton(v: Tensor, backend: Backend | str) -> bool:
         chosen = Backend.EAGER if _default() in (Backend.EAGER, Backend.REFERENCE) else chosen
     if chosen is Backend.EAGER:
         return False
-    fits = data_dependent_ok() and (v.device.type == "cuda" or chosen is Backend.TRITON)
+    fits = data_dependent_ok() and v.shape[0] > 0 and (v.device.type == "cuda" or chosen is Backend.TRITON)
     if fits:
         from . import triton_patchwise  # imports triton: only for inputs that can use it
 

@@ -99,8 +99,8 @@ def conv_path_reference(q: Tensor, k: Tensor, v: Tensor, w: ACmixWeights,
 
 def acmix_reference(x: Tensor, w: ACmixWeights, cfg: ACmixConfig) -> Tensor:
     """Reference ACmix forward: ``(B, C_in, H, W) -> (B, C_out, Ho, Wo)``."""
-    check_input(x, cfg, w)
     check_weights(w, cfg)
+    check_input(x, cfg, w)
     q = F.conv2d(x, w.q_weight, w.q_bias)
     k = F.conv2d(x, w.k_weight, w.k_bias)
     v = F.conv2d(x, w.v_weight, w.v_bias)

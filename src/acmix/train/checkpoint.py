@@ -102,7 +102,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint, a bare state dict or a safetensors file as a dict, or raise one clear error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} " + ("is a folder, not a file" if path.is_dir() else
+                                                               "not found"))
     try:
         obj = load_checkpoint_file(path, map_location=map_location)
     except MemoryError:

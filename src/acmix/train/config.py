@@ -113,7 +113,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
-            raise ValueError(f"preset file {str(path)!r} does not exist")
+            raise ValueError(f"preset file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
         text = path.read_text()
     else:
         res = resources.files("acmix.train") / "presets" / f"{name_or_path}.json"
@@ -127,11 +127,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"preset {name_or_path!r} must be a JSON object, got {type(values).__name__}")
     values = {k: v for k, v in values.items() if not k.startswith("_")}  # "_comment" keys
-    _check_keys(values, f"preset {name_or_path!r}")
+    check_keys(values, f"preset {name_or_path!r}")
     return values
 
 
-def _check_keys(values: dict[str, Any], where: str) -> None:
+def check_keys(values: dict[str, Any], where: str) -> None:
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {', '.join(map(repr, unknown))}")
@@ -143,7 +143,7 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
     if preset:
         values.update(load_preset(preset))
     overrides = overrides or {}
-    _check_keys(overrides, "overrides")
+    check_keys(overrides, "overrides")
     values.update(overrides)
     cfg = TrainConfig(**values)
     validate(cfg)

@@ -38,7 +38,7 @@ from torch import nn
 from . import checkpoint as C
 from . import distributed as D
 from .build import amp_settings, build_loss, build_model, build_transform, resolve_data, seed_all, set_deterministic
-from .config import TrainConfig, effective_lr
+from .config import TrainConfig, effective_lr, validate
 from .data import SafeDataset, build_loader, inspect_data, make_dataset
 from .evaluate import evaluate
 from .metrics import MetricsLogger
@@ -155,6 +155,11 @@ class Run:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; see :class:`acmix.train.TrainConfig` for every setting."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    # checked as the command line checks it: built in Python, epochs=0 ended in timm's scheduler assert,
+    # smoothing=2 in the loss's, and lr=nan ran until the weights diverged
+    validate(cfg)
     dist = D.setup(cfg.device)
     try:
         with _StopFlag() as stop:

@@ -80,6 +80,8 @@ def run_eval(ec: EvalConfig) -> dict[str, Any]:
     validate_eval(ec)
     if not ec.checkpoint and not ec.pretrained_file:
         raise ValueError("give --checkpoint (ours, a state dict or safetensors) or --pretrained-file")
+    if ec.checkpoint and ec.pretrained_file:  # the checkpoint's weights would silently replace the file's
+        raise ValueError("give --checkpoint or --pretrained-file, not both")
     if ec.results:  # before the work, not after it
         if Path(ec.results).is_dir():
             raise ValueError(f"--results {ec.results} is a folder; give a file name")
