@@ -52,7 +52,7 @@ def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int,
             raise ValueError(f"{variant}: {name} must be a number in [0, 1), got {value!r}")
     indices = kwargs.get("out_indices")
     if kwargs.get("features_only") and isinstance(indices, numbers.Integral) and not isinstance(indices, bool):
-        if not 1 <= indices <= num_features:  # timm: an int n takes the last n levels
+        if not 1 <= int(indices) <= num_features:  # timm: an int n takes the last n levels
             raise ValueError(f"{variant}: out_indices={indices!r} (the last n levels) must be 1-{num_features}")
     elif kwargs.get("features_only") and indices is not None:
         items = [indices] if isinstance(indices, (bool, str)) else list(indices)

@@ -66,9 +66,10 @@ class ACmixResNet(ByobNet):
     def no_weight_decay(self) -> set[str]:
         return no_weight_decay_names(self)
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        extra = {"reset_other": True} if reset_other else {}  # timm releases before it lack the argument
         super().reset_classifier(check_num_classes(self, num_classes),
-                                 None if global_pool is None else check_global_pool(global_pool, POOLS))
+                                 None if global_pool is None else check_global_pool(global_pool, POOLS), **extra)
 
 
 _DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
