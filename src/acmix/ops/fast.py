@@ -168,9 +168,10 @@ def prefer_dense(h: int, w: int, cfg: ACmixConfig) -> bool:
     """Whether the eager dense attention beats the compiled row kernel at this size (measured, 2 threads).
 
     Dense attention wastes ``H*W / kernel_att**2`` of its work but runs as GEMMs;
-    on maps up to 8x8 it measured faster than the kernel (0.77x vs 1.13x a conv
-    forward at 512 channels, 7x7), from 14x14 on the kernel is as fast and needs
-    half the memory (``benchmarks/op_bench.py``).
+    on maps up to 8x8 it measured faster than the kernel (0.92x vs 1.12x a conv
+    forward at 512 channels, 7x7), from 28x28 on the kernel is faster; at 14x14
+    eager measured faster but needs more memory (``benchmarks/op_bench.py``,
+    README).  The rule applies only where nothing is measured (``autotune.py``).
     """
     return static_sizes(h, w) and dense_attention_fits(h, w, cfg.stride) and h * w <= 64
 
