@@ -163,6 +163,15 @@ def test_grids_fold_the_batch_into_the_first_dimension(monkeypatch):
     assert grids == [(70_000, 1), (70_000, 1), (70_000, 1)]  # forward, weight gradient, value gradient
 
 
+def test_empty_batch_with_backend_triton(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    v, wt, kw = _inputs((0, 4, 2, 5, 4, 3, 2, 1))
+    out = patchwise_aggregation(v, wt, **kw, backend="triton")
+    assert out.shape == (0, 4, 3, 2)
+    out.sum().backward()
+    assert v.grad.shape == v.shape and wt.grad.shape == wt.shape
+
+
 def test_fake_tensor_shapes_and_dtype():
     from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -58,7 +58,7 @@ def _kernel_fits(x: Tensor) -> bool:
 
 
 def _triton_fits(x: Tensor, cfg: ACmixConfig) -> bool:
-    if not data_dependent_ok() or x.shape[0] == 0:  # an empty batch: no kernel launch, the eager path
+    if not data_dependent_ok():
         return False
     from . import triton_attention  # imports only the standard library; triton loads on the first launch
 
@@ -110,8 +110,8 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
     """The implementation a call with this input would use (``weights`` allow measuring under ``AUTO``)."""
     chosen = as_enum(Backend, backend, "backend") if backend is not None else _default()
     if chosen is Backend.AUTO:
-        if cfg.has_attention and x.device.type == "cuda" and _triton_fits(x, cfg):  # the interpreter only on request
-            return Backend.TRITON
+        if cfg.has_attention and x.device.type == "cuda" and x.shape[0] > 0 and _triton_fits(x, cfg):
+            return Backend.TRITON  # the interpreter (CPU tensors) only on request
         if not (_kernel_fits(x) and native.available()):
             return Backend.EAGER
         if weights is not None and autotune.enabled():
@@ -128,6 +128,8 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
         raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
                          f"tensors) whose head dim fits its tiles, got {x.dtype} on {x.device}, head dim "
                          f"{cfg.head_dim}")
+    if chosen is Backend.TRITON and x.shape[0] == 0:
+        return Backend.EAGER  # an empty batch launches nothing: the eager path's empty output, as nn.Conv2d's
     return chosen
 
 

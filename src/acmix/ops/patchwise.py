@@ -112,7 +112,7 @@ def _use_triton(v: Tensor, backend: Backend | str) -> bool:
         chosen = Backend.EAGER if _default() in (Backend.EAGER, Backend.REFERENCE) else chosen
     if chosen is Backend.EAGER:
         return False
-    fits = data_dependent_ok() and v.shape[0] > 0 and (v.device.type == "cuda" or chosen is Backend.TRITON)
+    fits = data_dependent_ok() and (v.device.type == "cuda" or chosen is Backend.TRITON)
     if fits:
         from . import triton_patchwise  # imports triton: only for inputs that can use it
 
@@ -120,7 +120,7 @@ def _use_triton(v: Tensor, backend: Backend | str) -> bool:
     if chosen is Backend.TRITON and not fits:
         raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
                          f"tensors) outside tracing, got a {v.dtype} tensor on {v.device}")
-    return fits
+    return fits and v.shape[0] > 0  # an empty batch launches nothing: the eager path's empty output
 
 
 def patchwise_aggregation(v: Tensor, weight: Tensor, *, kernel_size: int, stride: int = 1,
