@@ -114,3 +114,24 @@ def test_tiny_forward_intermediates_equal_features_only():
         assert torch.equal(m.forward_intermediates(x, indices=[0], stop_early=True)[0], maps[0])
     with pytest.raises(ValueError, match="output_fmt='NHWC'"):
         m.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("acmix_san10", {}),
+    ("acmix_resnet26", {}),
+    ("acmix_swin_tiny", {"embed_dim": 16, "depths": (1, 1), "num_heads": (2, 2), "window_size": 2}),
+])
+def test_timm_fast_pools_accepted(name, kwargs):
+    """timm's pooling takes the "fast" forms (its own ResNet and Swin build with them): the same logits as
+    the plain forms, at creation and in ``reset_classifier``."""
+    def build(pool):
+        torch.manual_seed(0)
+        return timm.create_model(name, num_classes=3, global_pool=pool, **kwargs).eval()
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for fast, plain in (("fast", "avg"), ("fastavg", "avg"), ("fastmax", "max")):
+            torch.testing.assert_close(build(fast)(x), build(plain)(x))
+        m = build("avg")
+        m.reset_classifier(4, "fastcatavgmax")
+        assert m(x).shape == (2, 4)

@@ -21,7 +21,9 @@ M = TypeVar("M", bound=nn.Module)
 __all__ = ["POOLS", "check_model_kwargs", "check_num_classes", "with_input_check"]
 
 RATES = ("drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate")
-POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d (an AssertionError else)
+# timm's SelectAdaptivePool2d (an AssertionError else); the "fast" forms (flatten while pooling) too, which
+# timm's own ResNet and Swin take
+POOLS = ("", "avg", "max", "avgmax", "catavgmax", "fast", "fastavg", "fastmax", "fastavgmax", "fastcatavgmax")
 
 
 def _check_count(variant: str, name: str, value: Any, low: int) -> None:

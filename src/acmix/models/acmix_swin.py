@@ -45,7 +45,7 @@ from ..ops import Combination, ShiftMode
 from ..ops.common import packed
 from ..ops.config import check_positive
 from ._builder import check_global_pool, fill_missing, no_weight_decay_names
-from ._checks import check_model_kwargs, check_num_classes, with_input_check
+from ._checks import POOLS, check_model_kwargs, check_num_classes, with_input_check
 from ._swin_windows import axis_window, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's ClassifierHead on NHWC maps
 # timm SwinTransformer arguments this model fixes, and why
 _FIXED = {"head_dim": "dim // num_heads", "always_partition": "windows are chosen per input",
           "strict_img_size": "any input size runs", "dynamic_img_size": "any input size runs",
@@ -243,7 +242,7 @@ class SwinACmix(SwinTransformer):
         check_positive(window_size, "window_size")
         embed_layer: Any = partial(PatchEmbed, dynamic_img_pad=True)  # inputs off the patch grid are padded
         super().__init__(depths=(0,) * len(depths), num_heads=num_heads, window_size=window_size,
-                         global_pool=check_global_pool(global_pool, _POOLS), mlp_ratio=mlp_ratio,
+                         global_pool=check_global_pool(global_pool, POOLS), mlp_ratio=mlp_ratio,
                          strict_img_size=False, norm_layer=norm_layer, embed_layer=embed_layer,
                          weight_init="skip", device=device, dtype=dtype, **kwargs)
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
@@ -264,7 +263,7 @@ class SwinACmix(SwinTransformer):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         super().reset_classifier(check_num_classes(self, num_classes),
-                                 None if global_pool is None else check_global_pool(global_pool, _POOLS))
+                                 None if global_pool is None else check_global_pool(global_pool, POOLS))
 
     def set_input_size(self, img_size: tuple[int, int] | None = None, patch_size: Any = None,
                        window_size: Any = None, window_ratio: Any = None, always_partition: bool | None = None) -> None:
