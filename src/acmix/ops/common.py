@@ -208,12 +208,13 @@ def _same_kind(w: ACmixWeights) -> None:
     """Every weight a tensor on ``q_weight``'s device in its dtype: a float64 ``k_weight`` in a float32
     layer otherwise fails deep in a conv, and a meta ``conv_weight`` is read as garbage by the CPU kernel."""
     first = w.q_weight
-    for name, t in w._asdict().items():
+    dtype, device = first.dtype, first.device  # read once: this runs on every call of every layer
+    for name, t in zip(w._fields, w):
         if t is None:
             continue
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__module__}.{type(t).__name__}")
-        if t.dtype != first.dtype or t.device != first.device:
+        if t.dtype != dtype or t.device != device:
             raise ValueError(f"{name} is {t.dtype} on {t.device} but q_weight is {first.dtype} on {first.device}: "
                              f"every weight shares one dtype and device")
 
