@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -83,3 +84,17 @@ def test_train_checks_a_config_built_in_python(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     with pytest.raises(TypeError, match="cfg must be a TrainConfig, got dict"):
         train({"lr": 0.1})  # type: ignore[arg-type]
+
+
+def test_train_takes_paths_for_its_path_settings(tmp_path: Path) -> None:
+    """``data``/``output`` given as ``Path`` objects run (the Python API's checks take them as strings)."""
+    from train_helpers import make_fmnist, tiny_config
+
+    from acmix.train import train
+
+    data = make_fmnist(tmp_path / "data", n_train=16, n_test=8)
+    cfg = dataclasses.replace(tiny_config(data, tmp_path, epochs=1, max_steps=1), data=data, output=tmp_path / "o")
+    result = train(cfg)
+    assert (tmp_path / "o" / "last.pth").is_file() and result is not None
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert (saved["data"], saved["output"]) == (str(data), str(tmp_path / "o"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from .checks import validate_train
 
-__all__ = ["TrainConfig", "effective_lr", "list_presets", "load_preset", "resolve_config", "validate"]
+__all__ = ["TrainConfig", "effective_lr", "list_presets", "load_preset", "paths_as_str", "resolve_config", "validate"]
 
 
 @dataclass
@@ -153,6 +154,16 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
 def validate(cfg: TrainConfig) -> None:
     """Raise ``ValueError`` naming the first bad setting (types, ranges, choices)."""
     validate_train(cfg)
+
+
+PATHS = ("init_from", "data", "output", "resume")  # the settings that name files or folders
+
+
+def paths_as_str(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``pathlib.Path`` (any ``os.PathLike``) paths as ``str``: callers in Python pass them, the
+    checks take the command line's strings, and the run's JSON files hold strings."""
+    paths = {name: os.fspath(value) for name in PATHS if isinstance(value := getattr(cfg, name), os.PathLike)}
+    return dataclasses.replace(cfg, **paths) if paths else cfg
 
 
 def effective_lr(cfg: TrainConfig, world_size: int) -> float:
