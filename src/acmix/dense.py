@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .models._checks import known_model
+
 if TYPE_CHECKING:
     from timm.models._features import FeatureInfo
 
@@ -78,7 +80,7 @@ class FPNBackbone(nn.Module):
 
 def _check_name(name: str) -> None:
     """One ``ValueError`` for a name timm does not know (timm raises a ``RuntimeError``)."""
-    if not timm.is_model(name):
+    if not known_model(name):
         raise ValueError(f"unknown model {name!r}")
 
 

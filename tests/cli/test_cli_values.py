@@ -158,3 +158,16 @@ def test_folders_where_files_belong_are_named(fmnist_dir: Path, tmp_path: Path,
     base = ["train", "--data", str(fmnist_dir), "--output", str(tmp_path / "o"), "-j", "0", "-b", "16"]
     assert f"preset file '{tmp_path}' is a folder" in _error(capsys, [*base, "--preset", str(tmp_path)])
     assert f"checkpoint '{tmp_path}' is a folder, not a file" in _error(capsys, [*base, "--resume", str(tmp_path)])
+
+
+def test_models_named_by_a_local_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """export-model and paper stage-costs take timm's ``local-dir:`` names (``timm.is_model`` says no)."""
+    from timm.models._hub import save_for_hf
+
+    save_for_hf(timm.create_model("acmix_resnet_tiny"), tmp_path / "m")
+    name = f"local-dir:{tmp_path / 'm'}"
+    missing = tmp_path / "missing.pth"  # past the name check, the next one: the checkpoint
+    err = _error(capsys, ["export-model", name, "--checkpoint", str(missing), "--onnx", str(tmp_path / "m.onnx")])
+    assert f"--checkpoint '{missing}' not found" in err
+    assert main(["paper", "stage-costs", "--quick", "--no-time", "--model", name, "--out", str(tmp_path / "o")]) == 0
+    assert "acmix: Stage I" in capsys.readouterr().out and (tmp_path / "o" / "stage_costs.md").is_file()

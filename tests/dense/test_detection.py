@@ -97,3 +97,18 @@ def test_bad_arguments():
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match=rf"^num_classes must be an int >= 1 .*, got {bad}$"):
             detector("fasterrcnn", "acmix_pvt_tiny", bad)
+
+
+def test_model_from_a_local_dir(tmp_path):
+    """A ``local-dir:`` (or ``hf-hub:``) name is timm's too: ``timm.is_model`` says no, ``create_model`` reads it."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    from acmix.dense import dilatable
+
+    model = timm.create_model("acmix_resnet_tiny")
+    save_for_hf(model, tmp_path)
+    backbone = fpn_backbone(f"local-dir:{tmp_path}", reductions=(2, 4), out_channels=8, pretrained=True)
+    torch.testing.assert_close(backbone.body.stem[0][0].weight, model.stem[0][0].weight)  # the folder's weights
+    assert [t.shape[1:] for t in backbone(torch.randn(1, 1, 28, 28)).values()] == [(8, 14, 14), (8, 7, 7), (8, 4, 4)]
+    assert dilatable(f"local-dir:{tmp_path}") == dilatable("acmix_resnet_tiny")

@@ -69,18 +69,18 @@ def _create(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import timm
     import torch
 
     import acmix  # noqa: F401  (registers the models)
     from acmix.export import check_onnx, check_program, export_onnx, export_program
+    from acmix.models._checks import known_model
     from acmix.train.checkpoint import check_writable
 
     if not (args.onnx or args.exported_program):
         raise ValueError("nothing to write: give --onnx and/or --exported-program")
     if args.onnx and not args.onnx.endswith(".onnx"):
         raise ValueError(f"--onnx {args.onnx!r} must end in .onnx")
-    if not timm.is_model(args.model):
+    if not known_model(args.model):
         raise ValueError(f"unknown model {args.model!r}")
     for out in (args.onnx, args.exported_program):  # before the export, which takes a while
         if out:

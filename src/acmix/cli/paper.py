@@ -118,8 +118,9 @@ def _stage_costs(args: argparse.Namespace) -> None:
         import timm
 
         from acmix.analysis.family_stages import family_stage_costs
+        from acmix.models._checks import known_model
 
-        if not timm.is_model(args.model):
+        if not known_model(args.model):
             raise ValueError(f"--model {args.model!r} is not a registered timm model")
         model = timm.create_model(args.model)
         chans, native = cast("dict[str, Any]", model.pretrained_cfg)["input_size"][:2]  # timm sets a dict

@@ -18,12 +18,21 @@ from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
 
-__all__ = ["POOLS", "check_model_kwargs", "check_num_classes", "with_input_check"]
+__all__ = ["POOLS", "check_model_kwargs", "check_num_classes", "known_model", "with_input_check"]
 
 RATES = ("drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate")
 # timm's SelectAdaptivePool2d (an AssertionError else); the "fast" forms (flatten while pooling) too, which
 # timm's own ResNet and Swin take
 POOLS = ("", "avg", "max", "avgmax", "catavgmax", "fast", "fastavg", "fastmax", "fastavgmax", "fastcatavgmax")
+
+
+def known_model(name: str) -> bool:
+    """Whether ``timm.create_model`` can take ``name``: a registered model (a ``.tag`` too), or one named by a
+    source, ``hf-hub:`` or ``local-dir:``, whose config timm reads while creating it (``timm.is_model`` says no)."""
+    import timm
+
+    source, sep, rest = name.partition(":")
+    return bool(sep and source in ("hf-hub", "local-dir") and rest) or timm.is_model(name)
 
 
 def _check_count(variant: str, name: str, value: Any, low: int) -> None:
