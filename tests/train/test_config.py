@@ -98,3 +98,29 @@ def test_train_takes_paths_for_its_path_settings(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "last.pth").is_file() and result is not None
     saved = json.loads((tmp_path / "o" / "config.json").read_text())
     assert (saved["data"], saved["output"]) == (str(data), str(tmp_path / "o"))
+
+
+def test_build_model_takes_a_local_dir_name(tmp_path: Path) -> None:
+    """``local-dir:`` / ``hf-hub:`` names are timm's (``timm.is_model`` says no): training builds them."""
+    from timm.models._hub import save_for_hf
+
+    from acmix.train.build import build_model
+
+    model = timm.create_model("acmix_resnet_tiny")
+    save_for_hf(model, tmp_path)
+    built = build_model(TrainConfig(model=f"local-dir:{tmp_path}", pretrained=True), num_classes=10, in_chans=1)
+    torch.testing.assert_close(built.stem[0][0].weight, model.stem[0][0].weight)
+    with pytest.raises(ValueError, match="unknown model 'acmix_resnet_nope'"):
+        build_model(TrainConfig(model="acmix_resnet_nope"), num_classes=10, in_chans=1)
+
+
+def test_numpy_scalars_become_python_numbers() -> None:
+    """``np.int64`` epochs / ``np.float32`` lr from a Python caller are plain numbers before the checks."""
+    import numpy as np
+
+    from acmix.train.config import plain_values, validate
+
+    cfg = plain_values(TrainConfig(epochs=np.int64(3), lr=np.float32(0.5), data=Path("some/where")))
+    assert (cfg.epochs, cfg.lr, cfg.data) == (3, 0.5, "some/where")
+    assert type(cfg.epochs) is int and type(cfg.lr) is float
+    validate(cfg)

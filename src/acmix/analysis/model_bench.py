@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..argtypes import json_dict
+from ..models._checks import known_model
 from ..ops import Backend, use_backend
 from ..ops.config import check_positive
 from ..train.checkpoint import check_writable
@@ -95,7 +96,7 @@ class _Runner:
 
     def __init__(self, name: str, kwargs: dict[str, Any], dev: torch.device, img_size: int,
                  batches: dict[str, int], channels_last: bool, amp: torch.dtype | None) -> None:
-        if not timm.is_model(name):
+        if not known_model(name):
             raise ValueError(f"model {name!r} is not a registered timm model")
         self.model = _create(name, img_size, kwargs).to(dev)
         fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -17,6 +17,7 @@ from torch import nn
 
 import acmix  # noqa: F401  (registers the acmix_* models)
 
+from ..models._checks import known_model
 from .config import TrainConfig
 from .data import DatasetInfo
 
@@ -44,7 +45,7 @@ def set_deterministic(enabled: bool) -> None:
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, **extra: Any) -> nn.Module:
     """``timm.create_model`` with the run's classes, channels, dropout and model kwargs."""
-    if not timm.is_model(cfg.model):
+    if not known_model(cfg.model):  # hf-hub: / local-dir: names too
         close = timm.list_models(f"*{cfg.model.split('_')[-1]}*")[:8]
         raise ValueError(f"unknown model {cfg.model!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):

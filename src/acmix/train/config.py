@@ -17,7 +17,7 @@ from typing import Any
 
 from .checks import validate_train
 
-__all__ = ["TrainConfig", "effective_lr", "list_presets", "load_preset", "paths_as_str", "resolve_config", "validate"]
+__all__ = ["TrainConfig", "effective_lr", "list_presets", "load_preset", "plain_values", "resolve_config", "validate"]
 
 
 @dataclass
@@ -159,11 +159,16 @@ def validate(cfg: TrainConfig) -> None:
 PATHS = ("init_from", "data", "output", "resume")  # the settings that name files or folders
 
 
-def paths_as_str(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``pathlib.Path`` (any ``os.PathLike``) paths as ``str``: callers in Python pass them, the
-    checks take the command line's strings, and the run's JSON files hold strings."""
-    paths = {name: os.fspath(value) for name in PATHS if isinstance(value := getattr(cfg, name), os.PathLike)}
-    return dataclasses.replace(cfg, **paths) if paths else cfg
+def plain_values(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``pathlib.Path`` (any ``os.PathLike``) paths as ``str`` and numpy scalars (``np.int64(90)``)
+    as Python numbers: callers in Python pass them, the checks take the command line's types, and the run's
+    JSON files hold plain values."""
+    plain = {name: os.fspath(value) for name in PATHS if isinstance(value := getattr(cfg, name), os.PathLike)}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "shape", None) == ():
+            plain[f.name] = value.item()
+    return dataclasses.replace(cfg, **plain) if plain else cfg
 
 
 def effective_lr(cfg: TrainConfig, world_size: int) -> float:

@@ -38,7 +38,7 @@ from torch import nn
 from . import checkpoint as C
 from . import distributed as D
 from .build import amp_settings, build_loss, build_model, build_transform, resolve_data, seed_all, set_deterministic
-from .config import TrainConfig, effective_lr, paths_as_str, validate
+from .config import TrainConfig, effective_lr, plain_values, validate
 from .data import SafeDataset, build_loader, inspect_data, make_dataset
 from .evaluate import evaluate
 from .metrics import MetricsLogger
@@ -159,7 +159,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     # checked as the command line checks it: built in Python, epochs=0 ended in timm's scheduler assert,
     # smoothing=2 in the loss's, and lr=nan ran until the weights diverged; Path objects are fine
-    cfg = paths_as_str(cfg)
+    cfg = plain_values(cfg)
     validate(cfg)
     dist = D.setup(cfg.device)
     try:
