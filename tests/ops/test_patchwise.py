@@ -84,3 +84,19 @@ def test_low_precision_and_errors():
         patchwise_aggregation(v, wt[:, :, :4], **kw)
     with pytest.raises(ValueError, match="C % Cw"):
         patchwise_aggregation(v, wt.repeat(1, 3, 1, 1, 1), **kw)  # C=8 channels, Cw=3
+
+
+def test_export_keeps_height_and_width_independent():
+    """An exported program of the op runs at a taller map than its example: the input checks compare no size
+    with another (``min(c, h, w)`` guarded SAN's programs on the example's H <= W)."""
+    from acmix.export import export_program
+
+    class Aggregate(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, _, h, w = x.shape
+            weight = x[:, :2].repeat(1, 1, 9, 1, 1).reshape(b, 2, 9, h, w)
+            return patchwise_aggregation(x, weight, kernel_size=3)
+
+    program = export_program(Aggregate(), torch.randn(2, 16, 6, 9))  # more channels than pixels a side
+    taller = torch.randn(1, 16, 11, 5)
+    torch.testing.assert_close(program.module()(taller), Aggregate()(taller))

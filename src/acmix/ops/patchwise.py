@@ -67,7 +67,9 @@ def _check(v: Tensor, weight: Tensor, kernel_size: int, stride: int, dilation: i
     if weight.dim() != 5:
         raise ValueError(f"weight must be 5-D (B, Cw, k*k, Ho, Wo), got shape {tuple(weight.shape)}")
     b, c, h, w = v.shape
-    if min(c, h, w) == 0:  # an empty batch is fine, as for nn.Conv2d
+    # an empty batch is fine, as for nn.Conv2d; one comparison per size (export fix: min(c, h, w) compares H
+    # with W, which guards an exported program on the example's H <= W)
+    if c == 0 or h == 0 or w == 0:
         raise ValueError(f"v must have channels, height and width, got shape {tuple(v.shape)}")
     ho, wo = patchwise_output_size(h, w, stride)
     cw = weight.shape[1]
