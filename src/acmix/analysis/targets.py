@@ -86,10 +86,10 @@ def _layer_lines(op: dict[str, Any] | None, impl: str) -> list[Line]:
     lines = []
     for field, goal in LAYER:
         for r in rows:
-            case = f"C={r['channels']}, {r['size']}², batch {r['batch']}, {r['dtype']}"
-            if impl in r["impl"]:
-                case += f" ({impl} -> {r['auto_backend']})" if impl == "auto" and "auto_backend" in r else ""
-            lines.append(_line(goal, case, r["impl"][impl][field] if impl in r["impl"] else None))
+            ran = f" (auto -> {r['auto_backend']})" if impl == "auto" and "auto_backend" in r else ""
+            measured = r["impl"].get(impl)
+            lines.append(_line(goal, f"C={r['channels']}, {r['size']}², batch {r['batch']}, {r['dtype']}{ran}",
+                               None if measured is None else measured[field]))
     return lines
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_num_classes
+from ._checks import classifier_args
 
-__all__ = ["check_global_pool", "fill_missing", "no_weight_decay_names", "reset_linear_head"]
+__all__ = ["fill_missing", "no_weight_decay_names", "reset_linear_head"]
 
 RATE_NAMES = ("rate1", "rate2")
 
@@ -29,20 +29,13 @@ def no_weight_decay_names(model: nn.Module, names: tuple[str, ...] = ()) -> set[
     return {n for n, _ in model.named_parameters() if n.rpartition(".")[2] in leaves}
 
 
-def check_global_pool(global_pool: str, pools: tuple[str, ...]) -> str:
-    """``global_pool`` if it is one of the family's ``pools``, else one error line."""
-    if global_pool not in pools:
-        raise ValueError(f"global_pool={global_pool!r} is not one of {', '.join(map(repr, pools))}")
-    return global_pool
-
-
 def reset_linear_head(model: Any, num_classes: int, global_pool: str | None, pools: tuple[str, ...],
                       like: Tensor) -> nn.Module:
     """timm's ``reset_classifier`` for a linear head: check and set ``model.global_pool`` (one of
     ``pools``), set ``model.num_classes``, and return the new head on ``like``'s device and dtype."""
-    num_classes = check_num_classes(model, num_classes)
-    if global_pool is not None:
-        model.global_pool = check_global_pool(global_pool, pools)
+    num_classes, pool = classifier_args(model, num_classes, global_pool, pools)
+    if pool is not None:
+        model.global_pool = pool
     model.num_classes = num_classes
     if num_classes <= 0:
         return nn.Identity()

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
 
-__all__ = ["POOLS", "check_model_kwargs", "check_num_classes", "known_model", "with_input_check"]
+__all__ = ["POOLS", "check_global_pool", "check_model_kwargs", "check_num_classes", "classifier_args", "known_model",
+           "with_input_check"]
 
 RATES = ("drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate")
 # timm's SelectAdaptivePool2d (an AssertionError else); the "fast" forms (flatten while pooling) too, which
@@ -46,6 +47,21 @@ def check_num_classes(model: nn.Module, num_classes: Any) -> int:
     return int(num_classes)
 
 
+def check_global_pool(global_pool: str, pools: tuple[str, ...], variant: str | None = None) -> str:
+    """``global_pool`` if it is one of the family's ``pools``, else one error line (naming ``variant``)."""
+    if global_pool not in pools:
+        where = f"{variant}: " if variant else ""
+        raise ValueError(f"{where}global_pool={global_pool!r} is not one of {', '.join(map(repr, pools))}")
+    return global_pool
+
+
+def classifier_args(model: nn.Module, num_classes: Any, global_pool: str | None,
+                    pools: tuple[str, ...]) -> tuple[int, str | None]:
+    """``reset_classifier``'s two arguments, checked (``global_pool`` None: keep the model's)."""
+    pool = None if global_pool is None else check_global_pool(global_pool, pools)
+    return check_num_classes(model, num_classes), pool
+
+
 def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int,
                        pools: tuple[str, ...] | None = None) -> None:
     """Refuse bad ``num_classes``, ``in_chans``, dropout rates, ``out_indices`` (``num_features`` levels) and,
@@ -53,9 +69,8 @@ def check_model_kwargs(variant: str, kwargs: dict[str, Any], num_features: int,
     for name, low in (("num_classes", 0), ("in_chans", 1)):
         if kwargs.get(name) is not None:
             _check_count(variant, name, kwargs[name], low)
-    pool = kwargs.get("global_pool")
-    if pools is not None and pool is not None and pool not in pools:
-        raise ValueError(f"{variant}: global_pool={pool!r} is not one of {', '.join(map(repr, pools))}")
+    if pools is not None and kwargs.get("global_pool") is not None:
+        check_global_pool(kwargs["global_pool"], pools, variant)
     for name in RATES:
         value = kwargs.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)

@@ -65,8 +65,8 @@ from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
 from ..ops.common import static_sizes
 from ..ops.config import Combination, ShiftMode, check_positive
 from ..ops.spatial_reduction import SRAWeights, sra_attend, sra_project
-from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
-from ._checks import check_model_kwargs, with_input_check
+from ._builder import no_weight_decay_names, reset_linear_head
+from ._checks import check_global_pool, check_model_kwargs, with_input_check
 
 __all__ = ["PAPER_FIGURES", "PyramidVisionTransformerV1", "SRAttention", "checkpoint_filter_fn"]
 

@@ -39,8 +39,8 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 
 from ..checkpoint_io import unwrap_state_dict
 from ..nn import ACmix
-from ._builder import check_global_pool, no_weight_decay_names
-from ._checks import POOLS, check_model_kwargs, check_num_classes, with_input_check
+from ._builder import no_weight_decay_names
+from ._checks import POOLS, check_model_kwargs, classifier_args, with_input_check
 
 __all__ = ["PAPER_FIGURES", "ACmixResNet", "acmix_self_attn", "checkpoint_filter_fn"]
 
@@ -67,9 +67,11 @@ class ACmixResNet(ByobNet):
         return no_weight_decay_names(self)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
-        extra = {"reset_other": True} if reset_other else {}  # timm releases before it lack the argument
-        super().reset_classifier(check_num_classes(self, num_classes),
-                                 None if global_pool is None else check_global_pool(global_pool, POOLS), **extra)
+        num_classes, pool = classifier_args(self, num_classes, global_pool, POOLS)
+        if reset_other:  # timm releases before it lack the argument: pass it only when asked
+            super().reset_classifier(num_classes, pool, reset_other=True)
+        else:
+            super().reset_classifier(num_classes, pool)
 
 
 _DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}

@@ -55,8 +55,8 @@ from ..checkpoint_io import unwrap_state_dict
 from ..nn.parts import ConvPathMixer, FactoryKwargs, resolve_combination
 from ..ops.config import Combination, ShiftMode, check_odd, check_positive
 from ..ops.patchwise import patchwise_aggregation, reflect_windows
-from ._builder import check_global_pool, no_weight_decay_names
-from ._checks import POOLS, check_model_kwargs, check_num_classes, with_input_check
+from ._builder import no_weight_decay_names
+from ._checks import POOLS, check_model_kwargs, classifier_args, with_input_check
 
 __all__ = ["PAPER_FIGURES", "SAM", "SAN", "SANBlock", "checkpoint_filter_fn"]
 
@@ -279,9 +279,9 @@ class SAN(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         p = next(self.parameters())
-        self.num_classes = check_num_classes(self, num_classes)
-        if global_pool is not None:
-            self.pool_type = check_global_pool(global_pool, POOLS)
+        self.num_classes, pool = classifier_args(self, num_classes, global_pool, POOLS)
+        if pool is not None:
+            self.pool_type = pool
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=self.pool_type,
                                                       device=p.device, dtype=p.dtype)
 

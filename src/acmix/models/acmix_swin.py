@@ -44,8 +44,8 @@ from ..nn.parts import ConvPathMixer, FactoryKwargs
 from ..ops import Combination, ShiftMode
 from ..ops.common import packed
 from ..ops.config import check_positive
-from ._builder import check_global_pool, fill_missing, no_weight_decay_names
-from ._checks import POOLS, check_model_kwargs, check_num_classes, with_input_check
+from ._builder import fill_missing, no_weight_decay_names
+from ._checks import POOLS, check_global_pool, check_model_kwargs, classifier_args, with_input_check
 from ._swin_windows import axis_window, pad_roll, relative_position_index, shifted_window_mask, unroll_crop
 
 __all__ = [
@@ -262,8 +262,7 @@ class SwinACmix(SwinTransformer):
         return no_weight_decay_names(self, ("relative_position_bias_table",))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        super().reset_classifier(check_num_classes(self, num_classes),
-                                 None if global_pool is None else check_global_pool(global_pool, POOLS))
+        super().reset_classifier(*classifier_args(self, num_classes, global_pool, POOLS))
 
     def set_input_size(self, img_size: tuple[int, int] | None = None, patch_size: Any = None,
                        window_size: Any = None, window_ratio: Any = None, always_partition: bool | None = None) -> None:

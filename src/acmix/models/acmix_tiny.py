@@ -17,8 +17,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from ..nn import ACmix
-from ._builder import check_global_pool, no_weight_decay_names, reset_linear_head
-from ._checks import check_model_kwargs, with_input_check
+from ._builder import no_weight_decay_names, reset_linear_head
+from ._checks import check_global_pool, check_model_kwargs, with_input_check
 
 __all__ = ["ACmixTinyNet"]
 

@@ -110,13 +110,20 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
     """The implementation a call with this input would use (``weights`` allow measuring under ``AUTO``)."""
     chosen = as_enum(Backend, backend, "backend") if backend is not None else _default()
     if chosen is Backend.AUTO:
-        if cfg.has_attention and x.device.type == "cuda" and x.shape[0] > 0 and _triton_fits(x, cfg):
-            return Backend.TRITON  # the interpreter (CPU tensors) only on request
-        if not (_kernel_fits(x) and native.available()):
+        if cfg.has_attention and x.device.type == "cuda" and _triton_fits(x, cfg):
+            chosen = Backend.TRITON  # the interpreter (CPU tensors) only on request
+        elif not (_kernel_fits(x) and native.available()):
             return Backend.EAGER
-        if weights is not None and autotune.enabled():
+        elif weights is not None and autotune.enabled():
             return _measured(x, weights, cfg)
-        return Backend.EAGER if prefer_dense(x.shape[-2], x.shape[-1], cfg) else Backend.CPU_KERNEL
+        else:
+            return Backend.EAGER if prefer_dense(x.shape[-2], x.shape[-1], cfg) else Backend.CPU_KERNEL
+    elif chosen is Backend.TRITON and not _triton_fits(x, cfg):
+        raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
+                         f"tensors) whose head dim fits its tiles, got {x.dtype} on {x.device}, head dim "
+                         f"{cfg.head_dim}")
+    if chosen is Backend.TRITON and x.shape[0] == 0:
+        return Backend.EAGER  # an empty batch launches nothing: the eager path's empty output, as nn.Conv2d's
     if chosen is Backend.CPU_KERNEL:
         if not _kernel_fits(x):
             raise ValueError(f"backend='cpu_kernel' runs float32/float64 CPU tensors outside autocast, tracing and "
@@ -124,12 +131,6 @@ def resolve_backend(x: Tensor, cfg: ACmixConfig, backend: Backend | str | None =
         if not native.available():
             raise RuntimeError("backend='cpu_kernel' requested but the C++ kernel could not be built; "
                                "use backend='eager'")
-    if chosen is Backend.TRITON and not _triton_fits(x, cfg):
-        raise ValueError(f"backend='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 for CPU "
-                         f"tensors) whose head dim fits its tiles, got {x.dtype} on {x.device}, head dim "
-                         f"{cfg.head_dim}")
-    if chosen is Backend.TRITON and x.shape[0] == 0:
-        return Backend.EAGER  # an empty batch launches nothing: the eager path's empty output, as nn.Conv2d's
     return chosen
 
 

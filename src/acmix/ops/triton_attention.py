@@ -267,9 +267,9 @@ def _fold_indices(h: int, w: int, pad: int, device: torch.device) -> tuple[Tenso
 
     src_r, src_c = reflect_index(h, pad).tolist(), reflect_index(w, pad).tolist()
     band_r, band_c = src_r[:pad] + src_r[pad + h:], src_c[:pad] + src_c[pad + w:]
-    cols, rows, band = (torch.tensor(_copies_index(s, n), device=device)
-                        for s, n in ((src_c, w), (band_r, h), (band_c, w)))
-    return cols, rows, band
+    all_cols, band_rows, band_cols = (torch.tensor(_copies_index(s, n), device=device)
+                                      for s, n in ((src_c, w), (band_r, h), (band_c, w)))
+    return all_cols, band_rows, band_cols
 
 
 def _sum_copies(t: Tensor, index: Tensor) -> Tensor:
